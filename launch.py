@@ -1,0 +1,46 @@
+r"""The one entry point.
+
+  python launch.py --config configs/mgtil_synth.py --workdir runs/default
+  python launch.py --config configs/mgtil_synth.py:method=l2 --workdir runs/l2
+
+Multi-host (GPU/TPU pods): pass --multihost on every host; it calls
+`jax.distributed.initialize()` before any device is touched (on TPU and
+SLURM/Open MPI the arguments are discovered; otherwise pass
+--coordinator_address, --num_processes and --process_id).
+Running the same command again resumes from the last checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/mgtil_synth.py', 'Experiment config (file[:args]).',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/default',
+                               'Where checkpoints, results and plots go.')
+_MULTIHOST = flags.DEFINE_bool('multihost', False,
+                               'Call jax.distributed.initialize() first.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0 (multi-host).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Number of processes (multi-host).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'This process index (multi-host).')
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  if _MULTIHOST.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  # orbax and jax log every checkpoint write at INFO; the progress bars and
+  # the final table are what a user reads.
+  logging.set_verbosity(logging.WARNING)
+  from mgtil_jax import train  # pylint: disable=g-import-not-at-top
+  train.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,525 @@
+"""`mgtil_synth`: the embedded, procedurally generated MGTIL-style benchmark.
+
+Three imaging domains that differ strongly in appearance (grayscale chest
+radiographs, pink H&E-like histology, orange fundus photographs), each with
+three tasks of fine-grained findings that differ in shape, count, size,
+position, colour or texture. Class names are clinical words, so a CLIP model
+can classify them zero-shot from prompts. A "literature" corpus of
+image-caption pairs drawn from the same generator (captions such as
+"A fundus photograph of exudates.") plus distractor figures (charts, tables)
+lets a tiny CLIP be pretrained so that it starts above chance.
+
+Everything is a deterministic function of (seed, name): nothing is
+downloaded. Images are uint8[N, S, S, 3].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+# ----------------------------------------------------------------- drawing --
+
+
+class Canvas:
+  """A float RGB image in [0, 1] with soft (anti-aliased) primitives."""
+
+  def __init__(self, size: int, rgb):
+    self.size = size
+    self.img = np.empty((size, size, 3), np.float32)
+    self.img[:] = np.asarray(rgb, np.float32)
+    c = (np.arange(size, dtype=np.float32) + 0.5) / size
+    self.yy, self.xx = np.meshgrid(c, c, indexing='ij')
+    self.px = 1.0 / size
+
+  def _soft(self, signed_dist):
+    """Coverage from a signed distance (negative inside), 1 pixel ramp."""
+    return np.clip(0.5 - signed_dist / self.px, 0.0, 1.0)
+
+  def paint(self, mask, rgb, alpha=1.0):
+    mask = (mask * alpha)[..., None]
+    self.img = self.img * (1 - mask) + np.asarray(rgb, np.float32) * mask
+
+  def add(self, mask, delta):
+    self.img = self.img + mask[..., None] * np.asarray(delta, np.float32)
+
+  def ellipse(self, cx, cy, rx, ry):
+    d = np.sqrt(((self.xx - cx) / rx) ** 2 + ((self.yy - cy) / ry) ** 2)
+    return self._soft((d - 1.0) * min(rx, ry))
+
+  def disc(self, cx, cy, r):
+    return self.ellipse(cx, cy, r, r)
+
+  def ring(self, cx, cy, r, width):
+    d = np.sqrt((self.xx - cx) ** 2 + (self.yy - cy) ** 2)
+    return self._soft(np.abs(d - r) - width / 2)
+
+  def segment(self, x0, y0, x1, y1, width):
+    px, py = self.xx - x0, self.yy - y0
+    dx, dy = x1 - x0, y1 - y0
+    t = np.clip((px * dx + py * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
+    d = np.sqrt((px - t * dx) ** 2 + (py - t * dy) ** 2)
+    return self._soft(d - width / 2)
+
+  def polyline(self, pts, width):
+    m = np.zeros_like(self.xx)
+    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+      m = np.maximum(m, self.segment(x0, y0, x1, y1, width))
+    return m
+
+  def to_uint8(self):
+    return (np.clip(self.img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _smooth_noise(rng, size, cells=6):
+  """Low-frequency noise in [-1, 1] by bilinear upsampling of a coarse grid."""
+  g = rng.uniform(-1, 1, (cells + 1, cells + 1)).astype(np.float32)
+  c = np.linspace(0, cells, size, dtype=np.float32)
+  i = np.minimum(c.astype(int), cells - 1)
+  f = c - i
+  rows = g[i] * (1 - f)[:, None] + g[i + 1] * f[:, None]
+  return rows[:, i] * (1 - f)[None] + rows[:, i + 1] * f[None]
+
+
+# ----------------------------------------------------------------- domains --
+# A domain draws its background and returns a context dict with the
+# geometry that findings use (lung boxes, optic disc position, ...).
+
+
+def _xray_background(cv: Canvas, rng):
+  cv.img[:] = rng.uniform(0.45, 0.6)
+  cv.add(_smooth_noise(rng, cv.size, 4), 0.05)
+  dx = rng.uniform(-0.03, 0.03)
+  lungs = [(0.3 + dx, 0.48), (0.7 + dx, 0.48)]
+  lung_mask = np.zeros_like(cv.xx)
+  for cx, cy in lungs:
+    lung_mask = np.maximum(lung_mask, cv.ellipse(cx, cy, 0.17, 0.32))
+  cv.paint(lung_mask, [0.18] * 3)
+  ribs = 0.5 + 0.5 * np.sin(cv.yy * 2 * np.pi * 5 + rng.uniform(0, 6.3))
+  cv.add(lung_mask * ribs, 0.08)
+  heart = cv.ellipse(0.5 + dx, 0.66, 0.1, 0.11)
+  cv.paint(heart, [0.62] * 3, 0.8)
+  return {'lungs': lungs, 'lung_mask': lung_mask, 'dx': dx}
+
+
+def _in_lung(ctx, rng, margin=0.0):
+  cx, cy = ctx['lungs'][rng.integers(2)]
+  a = rng.uniform(0, 2 * np.pi)
+  r = np.sqrt(rng.uniform(0, 1)) * (1 - margin)
+  return cx + 0.11 * r * np.cos(a), cy + 0.24 * r * np.sin(a)
+
+
+def _pathology_background(cv: Canvas, rng):
+  pink = np.array([0.93, 0.72, 0.80]) + rng.uniform(-0.05, 0.05, 3)
+  cv.img[:] = pink
+  cv.add(_smooth_noise(rng, cv.size, 5), [0.04, 0.06, 0.04])
+  for _ in range(rng.integers(3, 7)):
+    cv.paint(cv.disc(*rng.uniform(0.05, 0.95, 2), 0.025), [0.5, 0.3, 0.62])
+  return {'pink': pink}
+
+
+def _fundus_background(cv: Canvas, rng):
+  cv.img[:] = 0.02
+  base = np.array([0.82, 0.38, 0.16]) + rng.uniform(-0.06, 0.06, 3)
+  r = np.sqrt((cv.xx - 0.5) ** 2 + (cv.yy - 0.5) ** 2)
+  shade = np.clip(1.0 - 0.7 * (r / 0.47) ** 2, 0.3, 1.0)
+  retina = cv.disc(0.5, 0.5, 0.47)
+  cv.img = cv.img * (1 - retina[..., None]) + (
+      base[None, None] * shade[..., None]) * retina[..., None]
+  side = rng.choice([0.3, 0.7])
+  od = (side + rng.uniform(-0.03, 0.03), 0.5 + rng.uniform(-0.05, 0.05))
+  for k in range(4):
+    ang = (k - 1.5) * 0.9 + (0 if side < 0.5 else np.pi)
+    pts = [od]
+    x, y = od
+    for _ in range(4):
+      ang += rng.uniform(-0.3, 0.3)
+      x, y = x + 0.1 * np.cos(ang), y + 0.1 * np.sin(ang)
+      pts.append((x, y))
+    cv.paint(cv.polyline(pts, 0.025) * retina, [0.5, 0.08, 0.06], 0.8)
+  return {'od': od, 'retina': retina, 'side': side}
+
+
+def _retina_point(ctx, rng, rmax=0.36):
+  a = rng.uniform(0, 2 * np.pi)
+  r = np.sqrt(rng.uniform(0.05, 1)) * rmax
+  return 0.5 + r * np.cos(a), 0.5 + r * np.sin(a)
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+  name: str
+  background: Callable
+  modality: Sequence[str]  # phrases used in captions and queries
+
+
+DOMAINS = {
+    'xray': Domain('xray', _xray_background,
+                   ('chest radiograph', 'chest x-ray', 'radiograph')),
+    'pathology': Domain('pathology', _pathology_background,
+                        ('histopathology slide', 'h&e stained section',
+                         'histology image')),
+    'fundus': Domain('fundus', _fundus_background,
+                     ('fundus photograph', 'retinal photograph',
+                      'fundus image')),
+}
+
+# ---------------------------------------------------------------- findings --
+# Each finding draws onto a canvas given the domain context.
+
+
+def _nodule(cv, ctx, rng):
+  cv.add(cv.disc(*_in_lung(ctx, rng, 0.4), 0.055), 0.5)
+
+
+def _mass(cv, ctx, rng):
+  cv.add(cv.disc(*_in_lung(ctx, rng, 0.6), 0.12), 0.4)
+
+
+def _cavity(cv, ctx, rng):
+  cv.add(cv.ring(*_in_lung(ctx, rng, 0.5), 0.085, 0.035), 0.55)
+
+
+def _fibrosis(cv, ctx, rng):
+  for _ in range(4):
+    x, y = _in_lung(ctx, rng, 0.3)
+    a = rng.uniform(0, np.pi)
+    cv.add(cv.segment(x, y, x + 0.14 * np.cos(a), y + 0.14 * np.sin(a),
+                      0.03), 0.4)
+
+
+def _granuloma(cv, ctx, rng):
+  cv.add(cv.disc(*_in_lung(ctx, rng, 0.4), 0.04), 0.75)
+
+
+def _metastases(cv, ctx, rng):
+  for _ in range(rng.integers(4, 7)):
+    cv.add(cv.disc(*_in_lung(ctx, rng, 0.2), 0.05), 0.4)
+
+
+def _miliary(cv, ctx, rng):
+  m = np.zeros_like(cv.xx)
+  for _ in range(rng.integers(25, 40)):
+    m = np.maximum(m, cv.disc(*_in_lung(ctx, rng), 0.03))
+  cv.add(m * ctx['lung_mask'], 0.3)
+
+
+def _pneumothorax(cv, ctx, rng):
+  left = rng.integers(2)
+  cx, cy = ctx['lungs'][left]
+  edge = cx + (-0.06 if left == 0 else 0.06)
+  side = (cv.xx < edge) if left == 0 else (cv.xx > edge)
+  m = cv.ellipse(cx, cy, 0.17, 0.32) * side * (cv.yy < cy + 0.1)
+  cv.paint(m, [0.02] * 3)
+
+
+def _effusion(cv, ctx, rng):
+  cx, cy = ctx['lungs'][rng.integers(2)]
+  level = cy + rng.uniform(0.02, 0.12)
+  m = cv.ellipse(cx, cy, 0.18, 0.33) * cv._soft(level - cv.yy)
+  cv.paint(m, [0.78] * 3)
+
+
+def _cardiomegaly(cv, ctx, rng):
+  cv.paint(cv.ellipse(0.5 + ctx['dx'], 0.64, 0.22, 0.18), [0.7] * 3)
+
+
+def _nuclei(cv, rng, n, r, rgb, jitter=0.0):
+  for _ in range(n):
+    rr = r * (1 + rng.uniform(-jitter, jitter))
+    cv.paint(cv.disc(*rng.uniform(0.04, 0.96, 2), rr), rgb)
+
+
+def _normal_mucosa(cv, ctx, rng):
+  for row in range(3):  # orderly crypts of small nuclei
+    y = 0.2 + 0.3 * row + rng.uniform(-0.03, 0.03)
+    for col in range(5):
+      cv.paint(cv.disc(0.1 + 0.2 * col + rng.uniform(-0.02, 0.02), y, 0.03),
+               [0.45, 0.25, 0.6])
+
+
+def _adenoma(cv, ctx, rng):
+  _nuclei(cv, rng, rng.integers(18, 26), 0.04, [0.4, 0.2, 0.55])
+
+
+def _carcinoma(cv, ctx, rng):
+  _nuclei(cv, rng, rng.integers(30, 40), 0.06, [0.22, 0.08, 0.35], 0.4)
+
+
+def _glands(cv, ctx, rng):
+  for _ in range(rng.integers(2, 4)):
+    x, y = rng.uniform(0.2, 0.8, 2)
+    cv.paint(cv.disc(x, y, 0.11), [0.5, 0.28, 0.62])
+    cv.paint(cv.disc(x, y, 0.07), [0.98, 0.95, 0.97])
+
+
+def _stroma(cv, ctx, rng):
+  a = rng.uniform(0, np.pi)
+  phase = cv.xx * np.cos(a) + cv.yy * np.sin(a)
+  stripes = (np.sin(phase * 2 * np.pi * 6) > 0.3).astype(np.float32)
+  cv.paint(stripes, [0.85, 0.35, 0.5], 0.8)
+
+
+def _necrosis(cv, ctx, rng):
+  for _ in range(2):
+    cv.paint(cv.ellipse(*rng.uniform(0.25, 0.75, 2), 0.22, 0.16),
+             [0.9, 0.88, 0.9])
+  _nuclei(cv, rng, 10, 0.015, [0.4, 0.3, 0.45])
+
+
+def _lymphocytes(cv, ctx, rng):
+  cx, cy = rng.uniform(0.3, 0.7, 2)
+  for _ in range(45):
+    x, y = cx + rng.normal(0, 0.13), cy + rng.normal(0, 0.13)
+    cv.paint(cv.disc(x, y, 0.03), [0.15, 0.05, 0.3])
+
+
+def _mucin(cv, ctx, rng):
+  for _ in range(rng.integers(2, 4)):
+    cv.paint(cv.ellipse(*rng.uniform(0.2, 0.8, 2), *rng.uniform(0.1, 0.2, 2)),
+             [0.6, 0.72, 0.92], 0.9)
+
+
+def _hemorrhage_tissue(cv, ctx, rng):
+  _nuclei(cv, rng, rng.integers(25, 35), 0.035, [0.92, 0.08, 0.12])
+
+
+def _adipose(cv, ctx, rng):
+  for _ in range(rng.integers(4, 7)):
+    x, y = rng.uniform(0.1, 0.9, 2)
+    cv.paint(cv.disc(x, y, 0.14), [0.8, 0.45, 0.6])
+    cv.paint(cv.disc(x, y, 0.12), [0.99, 0.98, 0.98])
+
+
+def _healthy_retina(cv, ctx, rng):
+  del cv, ctx, rng
+
+
+def _microaneurysms(cv, ctx, rng):
+  for _ in range(rng.integers(6, 10)):
+    cv.paint(cv.disc(*_retina_point(ctx, rng), 0.025), [0.45, 0.02, 0.02])
+
+
+def _hemorrhages(cv, ctx, rng):
+  for _ in range(rng.integers(2, 4)):
+    cv.paint(cv.ellipse(*_retina_point(ctx, rng), 0.07, 0.05),
+             [0.35, 0.02, 0.02])
+
+
+def _exudates(cv, ctx, rng):
+  for _ in range(rng.integers(6, 12)):
+    cv.paint(cv.disc(*_retina_point(ctx, rng), 0.03), [1.0, 0.95, 0.45])
+
+
+def _optic_disc(cv, ctx, r, blur=1.0):
+  x, y = ctx['od']
+  cv.paint(cv.ellipse(x, y, r * blur, r * blur), [1.0, 0.88, 0.55],
+           0.9 if blur == 1.0 else 0.6)
+
+
+def _normal_disc(cv, ctx, rng):
+  _optic_disc(cv, ctx, 0.08)
+  cv.paint(cv.disc(*ctx['od'], 0.03), [1.0, 1.0, 0.9])
+
+
+def _glaucoma(cv, ctx, rng):
+  _optic_disc(cv, ctx, 0.08)
+  cv.paint(cv.disc(*ctx['od'], 0.065), [1.0, 1.0, 0.95])
+
+
+def _papilledema(cv, ctx, rng):
+  _optic_disc(cv, ctx, 0.15, blur=1.0)
+  cv.paint(cv.disc(*ctx['od'], 0.2), [0.95, 0.7, 0.45], 0.5)
+
+
+def _ridge(cv, ctx, rng):
+  a0 = rng.uniform(0, 2 * np.pi)
+  pts = [(0.5 + 0.36 * np.cos(a0 + t), 0.5 + 0.36 * np.sin(a0 + t))
+         for t in np.linspace(0, 1.6, 8)]
+  cv.paint(cv.polyline(pts, 0.04), [1.0, 0.97, 0.9])
+
+
+def _neovascularization(cv, ctx, rng):
+  x, y = _retina_point(ctx, rng, 0.25)
+  for _ in range(6):
+    pts = [(x, y)]
+    for _ in range(4):
+      pts.append((pts[-1][0] + rng.normal(0, 0.06),
+                  pts[-1][1] + rng.normal(0, 0.06)))
+    cv.paint(cv.polyline(pts, 0.02), [0.6, 0.0, 0.05])
+
+
+def _detachment(cv, ctx, rng):
+  a = rng.uniform(0, 2 * np.pi)
+  wave = 0.04 * np.sin(12 * (cv.xx * np.sin(a) - cv.yy * np.cos(a)))
+  side = (cv.xx - 0.5) * np.cos(a) + (cv.yy - 0.5) * np.sin(a) + wave
+  cv.paint(cv._soft(0.1 - side) * ctx['retina'], [0.62, 0.6, 0.55], 0.9)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  domain: str
+  class_names: tuple[str, ...]
+  draw: tuple[Callable, ...]
+
+
+TASKS = {
+    t.name: t for t in [
+        Task('xray_lesion', 'xray', ('nodule', 'mass', 'cavity', 'fibrosis'),
+             (_nodule, _mass, _cavity, _fibrosis)),
+        Task('xray_pattern', 'xray',
+             ('granuloma', 'metastases', 'miliary pattern'),
+             (_granuloma, _metastases, _miliary)),
+        Task('xray_region', 'xray',
+             ('pneumothorax', 'pleural effusion', 'cardiomegaly'),
+             (_pneumothorax, _effusion, _cardiomegaly)),
+        Task('path_grade', 'pathology',
+             ('normal mucosa', 'adenoma', 'carcinoma'),
+             (_normal_mucosa, _adenoma, _carcinoma)),
+        Task('path_tissue', 'pathology',
+             ('glands', 'stroma', 'necrosis', 'lymphocytes'),
+             (_glands, _stroma, _necrosis, _lymphocytes)),
+        Task('path_stain', 'pathology', ('mucin', 'haemorrhage', 'adipose'),
+             (_mucin, _hemorrhage_tissue, _adipose)),
+        Task('fundus_dr', 'fundus',
+             ('healthy retina', 'microaneurysms', 'retinal hemorrhages',
+              'hard exudates'),
+             (_healthy_retina, _microaneurysms, _hemorrhages, _exudates)),
+        Task('fundus_disc', 'fundus',
+             ('normal optic disc', 'glaucoma', 'papilledema'),
+             (_normal_disc, _glaucoma, _papilledema)),
+        Task('fundus_rop', 'fundus',
+             ('demarcation ridge', 'neovascularization', 'retinal detachment'),
+             (_ridge, _neovascularization, _detachment)),
+    ]
+}
+
+# Order I groups tasks by domain (like HieraMedTransfer order I); order II is
+# alphabetical (like its order II).
+ORDERS = {
+    'domain': tuple(TASKS),
+    'alphabetical': tuple(sorted(TASKS)),
+}
+
+
+def _rng(seed: int, *names) -> np.random.Generator:
+  """A generator keyed by the seed and names, stable across Python runs."""
+  key = [int(seed)] + [zlib.crc32(str(n).encode()) for n in names]
+  return np.random.default_rng(key)
+
+
+def render(task: Task, label: int, rng, size: int) -> np.ndarray:
+  domain = DOMAINS[task.domain]
+  cv = Canvas(size, 0.0)
+  ctx = domain.background(cv, rng)
+  task.draw[label](cv, ctx, rng)
+  cv.add(rng.normal(0, 0.025, cv.img.shape[:2]).astype(np.float32),
+         [1.0, 1.0, 1.0])
+  return cv.to_uint8()
+
+
+@dataclasses.dataclass
+class Split:
+  images: np.ndarray  # uint8[N, S, S, 3]
+  labels: np.ndarray  # int32[N]
+
+
+def make_split(task: Task, split: str, per_class: int, size: int,
+               seed: int) -> Split:
+  """Balanced split, classes interleaved; deterministic in (seed, task, split)."""
+  rng = _rng(seed, 'task', task.name, split)
+  labels = np.tile(np.arange(len(task.class_names), dtype=np.int32), per_class)
+  images = np.stack([render(task, int(y), rng, size) for y in labels])
+  return Split(images, labels)
+
+
+CAPTION_TEMPLATES = (
+    'A {modality} photo of {finding}.',
+    '{Modality} showing {finding}.',
+    '{Finding} seen on {modality}.',
+    'Case report: {finding} on a {modality}.',
+    'Representative {modality} demonstrating {finding}.',
+)
+
+DISTRACTOR_CAPTIONS = (
+    'Flowchart of patient selection and study enrolment.',
+    'Kaplan-Meier survival curve of the two treatment groups.',
+    'Bar chart of the distribution of patient age.',
+    'Table of baseline demographic characteristics.',
+    'Schematic diagram of the proposed network architecture.',
+    'Photograph of the surgical instruments used in the procedure.',
+)
+
+
+def _distractor_image(rng, size):
+  cv = Canvas(size, rng.uniform(0.8, 1.0, 3))
+  for _ in range(rng.integers(2, 6)):  # bars / boxes of a chart
+    x = rng.uniform(0.1, 0.9)
+    h = rng.uniform(0.1, 0.8)
+    box = ((np.abs(cv.xx - x) < 0.05) & (cv.yy > 0.9 - h) &
+           (cv.yy < 0.9)).astype(np.float32)
+    cv.paint(box, rng.uniform(0, 1, 3))
+  cv.paint(cv.segment(0.08, 0.9, 0.95, 0.9, 0.02), [0, 0, 0])
+  return cv.to_uint8()
+
+
+@dataclasses.dataclass
+class Corpus:
+  images: np.ndarray  # uint8[N, S, S, 3]
+  captions: list[str]
+  domains: list[str]  # '' for distractors
+  findings: list[str]  # '' for distractors
+
+
+def make_corpus(per_class: int, size: int, seed: int,
+                distractor_fraction: float = 0.15,
+                tasks: Sequence[str] | None = None) -> Corpus:
+  """The 'literature': image-caption pairs for every finding of every task,
+  with varied captions, plus chart/table distractors. Interleaved so that any
+  prefix covers all findings."""
+  rng = _rng(seed, 'corpus')
+  chosen = [TASKS[t] for t in (tasks or TASKS)]
+  items = [(t, y) for _ in range(per_class) for t in chosen
+           for y in range(len(t.class_names))]
+  n_distract = int(round(len(items) * distractor_fraction /
+                         (1 - distractor_fraction)))
+  images, captions, domains, findings = [], [], [], []
+  order = rng.permutation(len(items) + n_distract)
+  for i in order:
+    if i >= len(items):
+      images.append(_distractor_image(rng, size))
+      captions.append(str(rng.choice(DISTRACTOR_CAPTIONS)))
+      domains.append('')
+      findings.append('')
+      continue
+    task, y = items[i]
+    modality = str(rng.choice(DOMAINS[task.domain].modality))
+    finding = task.class_names[y]
+    template = str(rng.choice(CAPTION_TEMPLATES))
+    captions.append(template.format(
+        modality=modality, Modality=modality.capitalize(), finding=finding,
+        Finding=finding.capitalize()))
+    images.append(render(task, y, rng, size))
+    domains.append(task.domain)
+    findings.append(finding)
+  return Corpus(np.stack(images), captions, domains, findings)
+
+
+def vocabulary() -> list[str]:
+  """Every word the benchmark's captions and prompts can contain."""
+  import re
+  texts = list(DISTRACTOR_CAPTIONS) + list(CAPTION_TEMPLATES)
+  for d in DOMAINS.values():
+    texts += list(d.modality)
+  for t in TASKS.values():
+    texts += list(t.class_names)
+  texts += ['a photo of', 'an image of', 'a medical image showing']
+  words = set()
+  for text in texts:
+    text = text.replace('{', ' ').replace('}', ' ')
+    words.update(re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower()))
+  return sorted(words)
