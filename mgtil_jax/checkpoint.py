@@ -7,6 +7,7 @@ checkpoint intact."""
 from __future__ import annotations
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -46,3 +47,23 @@ def abstract_like(tree, shardings):
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       tree, shardings)
+
+
+def load_latest_params(directory: str):
+  """The params of the latest checkpoint in `directory`, as NumPy arrays on
+  the host (for notebooks and tests; no mesh needed)."""
+  mgr = ocp.CheckpointManager(directory, item_handlers={
+      'state': ocp.StandardCheckpointHandler(),
+      'meta': ocp.JsonCheckpointHandler()})
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{directory}: no checkpoint found')
+  # Whatever mesh or process count saved it, read it onto this one device.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      mgr.item_metadata(step)['state'])
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  mgr.close()
+  return jax.tree.map(np.asarray, restored['state']['params']), restored['meta']

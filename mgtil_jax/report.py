@@ -11,7 +11,7 @@ import platform
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from mgtil_jax import metrics
 
@@ -143,15 +143,20 @@ def format_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
+def _figure(width, height):
+  """A figure outside pyplot: no global backend switch, nothing to close,
+  so plotting from a notebook leaves its inline display alone."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(width, height))
+  return fig, fig.add_subplot()
+
+
 def plot_accuracy_matrix(results: dict, path: str):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   names = [t['name'] for t in results['tasks']]
   mat = np.asarray([results['zero_shot']] + results['accuracy_matrix'],
                    np.float64) * 100
   n = len(names)
-  fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 1.2 + 0.6 * (n + 1)))
+  fig, ax = _figure(1.0 + 0.75 * n, 1.2 + 0.6 * (n + 1))
   im = ax.imshow(mat, cmap='viridis', vmin=0, vmax=100, aspect='auto')
   for i in range(mat.shape[0]):
     for j in range(n):
@@ -169,19 +174,16 @@ def plot_accuracy_matrix(results: dict, path: str):
   fig.colorbar(im, ax=ax, label='accuracy (%)')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def plot_accuracy_over_time(results: dict, path: str):
   """Per-task accuracy after each training stage (0 = zero-shot)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
   names = [t['name'] for t in results['tasks']]
   mat = np.asarray([results['zero_shot']] + results['accuracy_matrix']) * 100
   n = len(names)
-  fig, ax = plt.subplots(figsize=(8, 4.5))
-  cmap = plt.get_cmap('tab10')
+  fig, ax = _figure(8, 4.5)
+  cmap = colormaps['tab10']
   for j in range(n):
     ax.plot(range(n + 1), mat[:, j], color=cmap(j % 10), lw=1.2, alpha=0.35)
     # Solid from the moment the task is trained.
@@ -198,4 +200,3 @@ def plot_accuracy_over_time(results: dict, path: str):
   ax.legend(fontsize=7, ncol=3, loc='lower left')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)

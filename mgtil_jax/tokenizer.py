@@ -23,12 +23,16 @@ class Tokenizer:
                lowercase: bool = True):
     if not os.path.exists(vocab_file):
       raise FileNotFoundError(f'tokenizer vocab_file: {vocab_file} not found')
-    self._tok = BertWordPieceTokenizer(vocab_file, lowercase=lowercase)
-    vocab = self._tok.get_vocab()
-    missing = [t for t in SPECIAL_TOKENS[:4] if t not in vocab]
+    with open(vocab_file, encoding='utf-8') as f:
+      tokens = {line.rstrip('\n') for line in f}
+    # Checked before `tokenizers` sees the file: it would fail with a bare
+    # TypeError that does not name the file.
+    missing = [t for t in SPECIAL_TOKENS[:4] if t not in tokens]
     if missing:
       raise ValueError(f'tokenizer vocab_file {vocab_file}: missing special '
                        f'tokens {missing}')
+    self._tok = BertWordPieceTokenizer(vocab_file, lowercase=lowercase)
+    vocab = self._tok.get_vocab()
     self.pad_id = vocab['[PAD]']
     self.vocab_size = self._tok.get_vocab_size()
     self.context_length = context_length

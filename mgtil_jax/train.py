@@ -433,7 +433,9 @@ def run(config, workdir: str) -> dict:
       prompts = exp.replicated(exp.prompt_tokens(task.class_names))
       bar = report.progress(range(start, steps), initial=start, total=steps,
                             desc=f'task {t + 1}/{num_tasks} {task.name}')
-      curve = []
+      # The loss curve so far survives a mid-task resume through `meta`.
+      curve = meta.setdefault('partial_curve', []) if start else []
+      meta['partial_curve'] = curve
       with exp.context():
         for s in bar:
           batch = exp.put_batch(task_batch(task, s, cfg.train.batch_size,
@@ -448,7 +450,8 @@ def run(config, workdir: str) -> dict:
           if (s + 1) % cfg.checkpoint.every_steps == 0 and s + 1 < steps:
             meta.update(step=s + 1, elapsed=elapsed())
             ckpt.save(t * steps + s + 1, state, meta)
-      meta['train_curves'].append({'task': task.name, 'loss': curve})
+      meta['train_curves'].append({'task': task.name,
+                                   'loss': meta.pop('partial_curve')})
     if method.trains or t == 0:
       acc, auc = evaluate_all(exp, evaluate, state['params'],
                               f'eval after task {t + 1}')

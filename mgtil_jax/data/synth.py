@@ -139,7 +139,7 @@ def _fundus_background(cv: Canvas, rng):
       ang += rng.uniform(-0.3, 0.3)
       x, y = x + 0.1 * np.cos(ang), y + 0.1 * np.sin(ang)
       pts.append((x, y))
-    cv.paint(cv.polyline(pts, 0.025) * retina, [0.5, 0.08, 0.06], 0.8)
+    cv.paint(cv.polyline(pts, 0.02) * retina, [0.6, 0.15, 0.08], 0.6)
   return {'od': od, 'retina': retina, 'side': side}
 
 
@@ -299,40 +299,38 @@ def _healthy_retina(cv, ctx, rng):
 
 
 def _microaneurysms(cv, ctx, rng):
-  for _ in range(rng.integers(6, 10)):
-    cv.paint(cv.disc(*_retina_point(ctx, rng), 0.025), [0.45, 0.02, 0.02])
+  for _ in range(rng.integers(8, 13)):
+    cv.paint(cv.disc(*_retina_point(ctx, rng), 0.035), [0.3, 0.0, 0.0])
 
 
 def _hemorrhages(cv, ctx, rng):
   for _ in range(rng.integers(2, 4)):
-    cv.paint(cv.ellipse(*_retina_point(ctx, rng), 0.07, 0.05),
-             [0.35, 0.02, 0.02])
+    cv.paint(cv.ellipse(*_retina_point(ctx, rng), 0.1, 0.075),
+             [0.25, 0.0, 0.0])
 
 
 def _exudates(cv, ctx, rng):
-  for _ in range(rng.integers(6, 12)):
-    cv.paint(cv.disc(*_retina_point(ctx, rng), 0.03), [1.0, 0.95, 0.45])
+  for _ in range(rng.integers(8, 14)):
+    cv.paint(cv.disc(*_retina_point(ctx, rng), 0.04), [1.0, 0.95, 0.45])
 
 
-def _optic_disc(cv, ctx, r, blur=1.0):
-  x, y = ctx['od']
-  cv.paint(cv.ellipse(x, y, r * blur, r * blur), [1.0, 0.88, 0.55],
-           0.9 if blur == 1.0 else 0.6)
+def _optic_disc(cv, ctx, r):
+  cv.paint(cv.disc(*ctx['od'], r), [1.0, 0.88, 0.55], 0.9)
 
 
 def _normal_disc(cv, ctx, rng):
-  _optic_disc(cv, ctx, 0.08)
-  cv.paint(cv.disc(*ctx['od'], 0.03), [1.0, 1.0, 0.9])
+  _optic_disc(cv, ctx, 0.12)
+  cv.paint(cv.disc(*ctx['od'], 0.04), [1.0, 1.0, 0.9])
 
 
 def _glaucoma(cv, ctx, rng):
-  _optic_disc(cv, ctx, 0.08)
-  cv.paint(cv.disc(*ctx['od'], 0.065), [1.0, 1.0, 0.95])
+  _optic_disc(cv, ctx, 0.12)
+  cv.paint(cv.disc(*ctx['od'], 0.1), [1.0, 1.0, 1.0])
 
 
 def _papilledema(cv, ctx, rng):
-  _optic_disc(cv, ctx, 0.15, blur=1.0)
-  cv.paint(cv.disc(*ctx['od'], 0.2), [0.95, 0.7, 0.45], 0.5)
+  cv.paint(cv.disc(*ctx['od'], 0.24), [0.95, 0.75, 0.5], 0.6)
+  _optic_disc(cv, ctx, 0.17)
 
 
 def _ridge(cv, ctx, rng):

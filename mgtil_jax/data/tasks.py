@@ -49,17 +49,25 @@ def _cached(path: str, key: str, build):
 
 def _synth_tasks(data_cfg, cache_dir: str | None) -> list[TaskData]:
   order = data_cfg.order
-  if isinstance(order, str):
-    if order not in synth.ORDERS:
-      raise ValueError(f'config.data.order: unknown order {order!r}; expected '
-                       f'one of {sorted(synth.ORDERS)} or a list of task names')
+  if isinstance(order, str) and order in synth.ORDERS:
     names = synth.ORDERS[order]
+  elif isinstance(order, str):  # an explicit order: 'task_a+task_b+...'
+    names = tuple(n for n in order.split('+') if n)
   else:
     names = tuple(order)
+  num_tasks = data_cfg.get('num_tasks', 0)
+  if not isinstance(num_tasks, int) or num_tasks < 0:
+    raise ValueError(f'config.data.num_tasks: expected an integer >= 0 '
+                     f'(0 = all), got {num_tasks!r}')
+  if num_tasks:
+    names = names[:num_tasks]
+  if not names:
+    raise ValueError(f'config.data.order: {order!r} names no task')
   unknown = [n for n in names if n not in synth.TASKS]
   if unknown:
     raise ValueError(f'config.data.order: unknown tasks {unknown}; expected '
-                     f'names from {sorted(synth.TASKS)}')
+                     f'one of {sorted(synth.ORDERS)} or task names joined by '
+                     f"'+' from {sorted(synth.TASKS)}")
   out = []
   for name in names:
     task = synth.TASKS[name]

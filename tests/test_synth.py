@@ -1,0 +1,247 @@
+"""Tests for mgtil_jax.data.synth (the embedded benchmark) and
+mgtil_jax.data.tasks (loading, caching, batch sampling)."""
+
+import collections
+import re
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mgtil_jax.data import synth, tasks
+
+SIZE = 16  # small images keep rendering fast; the generator is size-agnostic
+
+
+def _data_cfg(**overrides):
+  cfg = dict(name='mgtil_synth', order='xray_lesion+path_stain',
+             image_size=SIZE, train_per_class=2, test_per_class=1, seed=0)
+  cfg.update(overrides)
+  return ml_collections.ConfigDict(cfg)
+
+
+# ---------------------------------------------------------------- splits --
+
+
+@pytest.mark.parametrize('name', ['xray_lesion', 'path_tissue', 'fundus_dr'])
+def test_split_shapes_dtypes_and_balance(name):
+  task = synth.TASKS[name]
+  per_class = 3
+  split = synth.make_split(task, 'train', per_class, SIZE, seed=0)
+  n = per_class * len(task.class_names)
+  assert split.images.shape == (n, SIZE, SIZE, 3)
+  assert split.images.dtype == np.uint8
+  assert split.labels.shape == (n,) and split.labels.dtype == np.int32
+  counts = np.bincount(split.labels, minlength=len(task.class_names))
+  assert counts.tolist() == [per_class] * len(task.class_names)
+  # Not a blank canvas: the images have content.
+  assert split.images.std() > 5
+
+
+def test_split_is_deterministic_in_seed_task_and_split():
+  task = synth.TASKS['fundus_disc']
+  a = synth.make_split(task, 'train', 2, SIZE, seed=3)
+  b = synth.make_split(task, 'train', 2, SIZE, seed=3)
+  np.testing.assert_array_equal(a.images, b.images)
+  np.testing.assert_array_equal(a.labels, b.labels)
+  other_seed = synth.make_split(task, 'train', 2, SIZE, seed=4)
+  other_split = synth.make_split(task, 'test', 2, SIZE, seed=3)
+  assert not np.array_equal(a.images, other_seed.images)
+  assert not np.array_equal(a.images, other_split.images)
+
+
+def test_classes_of_a_task_look_different():
+  # Mean images per class should differ (the finding is drawn), else the
+  # benchmark would be unlearnable.
+  task = synth.TASKS['xray_region']
+  split = synth.make_split(task, 'train', 6, 32, seed=0)
+  means = [split.images[split.labels == c].astype(np.float64).mean(0)
+           for c in range(len(task.class_names))]
+  for i in range(len(means)):
+    for j in range(i + 1, len(means)):
+      assert np.abs(means[i] - means[j]).mean() > 1.0
+
+
+def test_class_names_unique_across_all_tasks():
+  names = [c for t in synth.TASKS.values() for c in t.class_names]
+  duplicates = [n for n, k in collections.Counter(names).items() if k > 1]
+  assert not duplicates
+  for t in synth.TASKS.values():
+    assert len(t.class_names) == len(t.draw)
+    assert t.domain in synth.DOMAINS
+
+
+def test_orders():
+  assert sorted(synth.ORDERS['domain']) == sorted(synth.TASKS)
+  assert list(synth.ORDERS['alphabetical']) == sorted(synth.TASKS)
+  # Order I groups tasks by domain: each domain is one contiguous run.
+  domains = [synth.TASKS[n].domain for n in synth.ORDERS['domain']]
+  runs = [d for i, d in enumerate(domains) if i == 0 or d != domains[i - 1]]
+  assert len(runs) == len(set(domains)) == 3
+
+
+# ---------------------------------------------------------------- corpus --
+
+
+@pytest.fixture(scope='module')
+def corpus():
+  return synth.make_corpus(per_class=2, size=SIZE, seed=0,
+                           tasks=['xray_pattern', 'fundus_rop'])
+
+
+def test_corpus_captions_name_their_findings(corpus):
+  chosen = [synth.TASKS['xray_pattern'], synth.TASKS['fundus_rop']]
+  n_items = 2 * sum(len(t.class_names) for t in chosen)
+  # Distractors: round(n_items * 0.15 / 0.85) = round(12 * 0.1765) = 2.
+  assert len(corpus.captions) == n_items + 2
+  assert corpus.images.shape == (n_items + 2, SIZE, SIZE, 3)
+  assert corpus.images.dtype == np.uint8
+  domain_of = {c: t.domain for t in chosen for c in t.class_names}
+  for caption, domain, finding in zip(corpus.captions, corpus.domains,
+                                      corpus.findings):
+    if finding:
+      # Templates may capitalise the finding; compare case-insensitively.
+      assert finding in caption.lower(), caption
+      assert domain == domain_of[finding]
+      assert any(m in caption.lower()
+                 for m in synth.DOMAINS[domain].modality), caption
+    else:
+      assert domain == '' and caption in synth.DISTRACTOR_CAPTIONS
+  counts = collections.Counter(f for f in corpus.findings if f)
+  assert counts == {c: 2 for c in domain_of}
+
+
+def test_corpus_is_deterministic(corpus):
+  again = synth.make_corpus(per_class=2, size=SIZE, seed=0,
+                            tasks=['xray_pattern', 'fundus_rop'])
+  np.testing.assert_array_equal(corpus.images, again.images)
+  assert corpus.captions == again.captions
+  other = synth.make_corpus(per_class=2, size=SIZE, seed=1,
+                            tasks=['xray_pattern', 'fundus_rop'])
+  assert not np.array_equal(corpus.images, other.images)
+
+
+def test_vocabulary_covers_captions(corpus):
+  vocab = set(synth.vocabulary())
+  for caption in corpus.captions:
+    for word in re.findall(r'[a-z0-9]+|[^\sa-z0-9]', caption.lower()):
+      assert word in vocab, (word, caption)
+
+
+# ----------------------------------------------------------- batch sampler --
+
+
+@pytest.mark.parametrize('n,batch_size', [(10, 3), (7, 7), (5, 12)])
+def test_batch_indices_cover_each_example_once_per_epoch(n, batch_size):
+  epochs = 4
+  steps = -(-epochs * n // batch_size)  # ceil
+  stream = np.concatenate([tasks.batch_indices(n, batch_size, s, seed=1,
+                                               stream=0)
+                           for s in range(steps)])
+  for e in range(epochs):
+    epoch = stream[e * n:(e + 1) * n]
+    assert sorted(epoch.tolist()) == list(range(n))
+  # Consecutive epochs are reshuffled, not repeated (4 epochs; a fixed order
+  # would make all equal).
+  orders = {tuple(stream[e * n:(e + 1) * n]) for e in range(epochs)}
+  assert len(orders) > 1
+
+
+def test_batch_indices_is_a_pure_function_of_step():
+  n, batch_size = 13, 5
+  sequential = [tasks.batch_indices(n, batch_size, s, seed=7, stream=2)
+                for s in range(20)]
+  for k in (0, 3, 11, 19):  # computed alone, out of order
+    alone = tasks.batch_indices(n, batch_size, k, seed=7, stream=2)
+    np.testing.assert_array_equal(alone, sequential[k])
+  assert all(b.shape == (batch_size,) for b in sequential)
+
+
+def test_batch_indices_depend_on_seed_and_stream():
+  first = lambda **kw: np.concatenate(
+      [tasks.batch_indices(50, 10, s, **kw) for s in range(5)])
+  base = first(seed=0, stream=0)
+  assert not np.array_equal(base, first(seed=1, stream=0))
+  assert not np.array_equal(base, first(seed=0, stream=1))
+
+
+# ---------------------------------------------------------------- loading --
+
+
+def test_load_benchmark_bad_order_names_config_field():
+  with pytest.raises(ValueError, match=r'config\.data\.order'):
+    tasks.load_benchmark(_data_cfg(order='by_colour'))
+  with pytest.raises(ValueError, match=r'config\.data\.order'):
+    tasks.load_benchmark(_data_cfg(order='xray_lesion+not_a_task'))
+
+
+def test_load_benchmark_bad_name_names_config_field():
+  with pytest.raises(ValueError, match=r'config\.data\.name'):
+    tasks.load_benchmark(_data_cfg(name='medmnist_typo'))
+
+
+def test_load_benchmark_matches_make_split():
+  loaded = tasks.load_benchmark(_data_cfg())
+  assert [t.name for t in loaded] == ['xray_lesion', 'path_stain']
+  for t in loaded:
+    spec = synth.TASKS[t.name]
+    assert t.domain == spec.domain and t.class_names == spec.class_names
+    train = synth.make_split(spec, 'train', 2, SIZE, seed=0)
+    test = synth.make_split(spec, 'test', 1, SIZE, seed=0)
+    np.testing.assert_array_equal(t.train_images, train.images)
+    np.testing.assert_array_equal(t.train_labels, train.labels)
+    np.testing.assert_array_equal(t.test_images, test.images)
+    np.testing.assert_array_equal(t.test_labels, test.labels)
+
+
+def test_load_benchmark_list_order():
+  loaded = tasks.load_benchmark(_data_cfg(order=['path_stain', 'xray_lesion']))
+  assert [t.name for t in loaded] == ['path_stain', 'xray_lesion']
+
+
+def test_load_benchmark_rejects_empty_order_and_negative_count():
+  with pytest.raises(ValueError, match=r'config\.data\.order'):
+    tasks.load_benchmark(_data_cfg(order=''))
+  with pytest.raises(ValueError, match=r'config\.data\.num_tasks'):
+    tasks.load_benchmark(_data_cfg(order='domain', num_tasks=-1))
+
+
+def test_load_benchmark_num_tasks_keeps_a_prefix():
+  loaded = tasks.load_benchmark(_data_cfg(
+      order='fundus_rop+xray_lesion+path_stain', num_tasks=2))
+  assert [t.name for t in loaded] == ['fundus_rop', 'xray_lesion']
+
+
+def test_load_benchmark_named_order():
+  loaded = tasks.load_benchmark(_data_cfg(order='alphabetical', image_size=8,
+                                          train_per_class=1))
+  assert [t.name for t in loaded] == sorted(synth.TASKS)
+
+
+def test_load_benchmark_cache_is_reused_and_keyed(tmp_path, monkeypatch):
+  cfg = _data_cfg(order='path_grade')
+  first = tasks.load_benchmark(cfg, cache_dir=str(tmp_path))
+  assert (tmp_path / 'path_grade.npz').exists()
+
+  # A second load with the same config must not render anything.
+  def fail(*args, **kwargs):
+    raise AssertionError('rebuilt although the cache matches')
+  with monkeypatch.context() as m:
+    m.setattr(synth, 'make_split', fail)
+    second = tasks.load_benchmark(cfg, cache_dir=str(tmp_path))
+  np.testing.assert_array_equal(first[0].train_images, second[0].train_images)
+  np.testing.assert_array_equal(first[0].test_labels, second[0].test_labels)
+
+  # A different config invalidates the cache instead of returning stale data.
+  changed = tasks.load_benchmark(_data_cfg(order='path_grade', seed=5),
+                                 cache_dir=str(tmp_path))
+  assert not np.array_equal(changed[0].train_images, first[0].train_images)
+
+
+def test_preprocess_matches_numpy():
+  images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), np.uint8)
+  mean = np.array(tasks.CLIP_MEAN)
+  std = np.array(tasks.CLIP_STD)
+  expected = (images / 255.0 - mean) / std
+  np.testing.assert_allclose(np.asarray(tasks.preprocess(images)), expected,
+                             rtol=1e-5, atol=1e-5)
