@@ -120,6 +120,7 @@ def build_tokenizer(config, workdir: str) -> Tokenizer:
 
 def setup(config, workdir: str) -> Experiment:
   validate_config(config, workdir)
+  workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(dict(config.mesh))
   sharding.check_batch_divisible(config.train.batch_size, mesh,
@@ -382,6 +383,7 @@ def initial_params(exp: Experiment, writer):
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole continual experiment; returns the results."""
   wall_start = time.time()
+  workdir = os.path.abspath(workdir)  # orbax requires absolute paths
   exp = setup(config, workdir)
   writer = report.summary_writer(workdir) if _is_lead() else None
   cfg = exp.config

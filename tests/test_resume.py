@@ -35,6 +35,16 @@ def _steps(directory):
   return [int(d) for d in os.listdir(directory) if re.fullmatch(r'\d+', d)]
 
 
+def test_relative_workdir(tmp_path):
+  # README's command uses a relative --workdir; orbax needs absolute paths.
+  (tmp_path / 'rel').mkdir()
+  subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),
+                  '--config', os.path.join(ROOT, 'configs/mgtil_synth.py') +
+                  ':runlocal,tasks=1', '--workdir', 'rel/w'],
+                 cwd=tmp_path, env=_env(), check=True, capture_output=True)
+  assert os.path.exists(tmp_path / 'rel' / 'w' / 'results.json')
+
+
 def _run_until(workdir, ready, extra_delay, timeout=240):
   """Starts the run, waits until `ready()` holds, sleeps, then SIGKILLs it."""
   proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(),
