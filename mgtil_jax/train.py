@@ -328,10 +328,7 @@ def pretrain(exp: Experiment, writer) -> dict:
   shardings_ = state_shardings(exp, tx, with_anchor=False)
   latest = ckpt.latest_step()
   if latest is not None:
-    abstract = jax.eval_shape(lambda: {
-        'params': nn.unbox(clip.init_params(exp.model, jax.random.key(0))),
-        'opt': tx.init(nn.unbox(clip.init_params(exp.model,
-                                                 jax.random.key(0))))})
+    abstract = jax.eval_shape(lambda: _fresh_state(exp, tx, False))
     state, _ = ckpt.restore(latest, ckpt_lib.abstract_like(abstract,
                                                            shardings_))
     if latest >= pcfg.steps:
@@ -415,7 +412,8 @@ def run(config, workdir: str) -> dict:
     ckpt.save(0, state, meta)
     prior = 0.0
   else:
-    abstract = jax.eval_shape(lambda: _fresh_state(exp, tx, method))
+    abstract = jax.eval_shape(
+        lambda: _fresh_state(exp, tx, method.needs_anchor))
     state, meta = ckpt.restore(
         latest, ckpt_lib.abstract_like(abstract, shardings_))
     log.info('resumed from step %d (task %d, step %d)', latest, meta['task'],
@@ -477,9 +475,11 @@ def run(config, workdir: str) -> dict:
   return results
 
 
-def _fresh_state(exp: Experiment, tx, method):
+def _fresh_state(exp: Experiment, tx, with_anchor: bool):
+  """A state of the right structure (used under eval_shape as a restore
+  target)."""
   params = nn.unbox(clip.init_params(exp.model, jax.random.key(0)))
   state = {'params': params, 'opt': tx.init(params)}
-  if method.needs_anchor:
+  if with_anchor:
     state['anchor'] = params
   return state
