@@ -380,8 +380,8 @@ def initial_params(exp: Experiment, writer):
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole continual experiment; returns the results."""
   wall_start = time.time()
-  workdir = os.path.abspath(workdir)  # orbax requires absolute paths
   exp = setup(config, workdir)
+  workdir = exp.workdir  # absolute: orbax requires absolute paths
   writer = report.summary_writer(workdir) if _is_lead() else None
   cfg = exp.config
   num_tasks, steps = len(exp.tasks), cfg.train.steps_per_task
