@@ -137,12 +137,15 @@ def write_run(workdir: str, results: dict, figures: dict | None = None) -> str:
 
 
 def _with_spread(row: dict, metric: str) -> str:
-  """'12.3 ± 1.0' when the row carries a spread over seeds ('ci' as
-  [low, high] or a half-width, else 'summary_std'), else '12.3'."""
+  """'12.3 ± 1.0' (or '12.3 (−1.5 / +0.5)' for an asymmetric interval)
+  when the row carries a spread over seeds ('ci' as [low, high] or a
+  half-width, else 'summary_std'), else '12.3'."""
   value = _pct(row['summary'].get(metric))
   low, high = report.error_interval(row, metric)
   if low is None or value == '–':
     return value
+  if abs(low - high) < 5e-4:
+    return f'{value} ± {100 * low:.1f}'
   return f'{value} (−{100 * low:.1f} / +{100 * high:.1f})'
 
 

@@ -89,7 +89,13 @@ def test_comparison_page(tmp_path):
   assert [row[0] for row in methods_table[1:]] == list(table['methods'])
   head = methods_table[0]
   ft = dict(zip(head, methods_table[1]))
-  assert ft['Last'].startswith('50.0') and '2.0' in ft['Last']  # +- std
+  assert ft['Last'] == '50.0 ± 2.0'  # summary_std 0.02
   joint = dict(zip(head, methods_table[3]))
   assert joint['Transfer'] == '–'
   assert page.tables[1][0] == ['method'] + list(fx.LONG_NAMES)
+
+
+def test_comparison_page_asymmetric_ci():
+  page = _parse(html_report.comparison_page(fx.comparison(spread='ci')))
+  head, ft = page.tables[0][0], page.tables[0][1]
+  assert dict(zip(head, ft))['Last'] == '50.0 (−3.0 / +1.0)'  # [0.47, 0.51]
