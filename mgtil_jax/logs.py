@@ -8,8 +8,11 @@ What is silenced, and where it comes from:
 - bm25s 'Building index from IDs objects', once per BM25 index: bm25s sets
   its own logger to DEBUG when it is imported, so a level set before that
   import is undone; a filter on the logger is not.
-- ScaNN / TensorFlow C++ INFO lines: TF_CPP_MIN_LOG_LEVEL, read when those
-  libraries load.
+- TensorFlow C++ INFO lines: TF_CPP_MIN_LOG_LEVEL, read when it loads.
+- ScaNN's C++ INFO lines ('I0000 ... partitioner_factory_base.cc ...'):
+  absl C++ logging writes them to file descriptor 2 before any threshold
+  applies, so `quiet_native_stderr()` around a ScaNN build drops them and
+  passes every other line through.
 - tfds' 'Downloading and preparing dataset ...' / '... downloaded and
   prepared' lines, printed to stdout even for a local build: data/builder.py
   wraps the build in `quiet_stdout()`.
@@ -21,6 +24,9 @@ import contextlib
 import io
 import logging
 import os
+import re
+import sys
+import tempfile
 
 # Loggers of libraries that report routine progress at INFO or DEBUG.
 NOISY = ('bm25s', 'absl', 'orbax', 'scann', 'tensorflow',
@@ -67,3 +73,36 @@ def quiet_stdout():
     return
   with contextlib.redirect_stdout(io.StringIO()):
     yield
+
+
+# absl C++ INFO lines ('I1130 12:00:00.000 ...', 'I0000 00:00:...') and the
+# notice absl prints once before its first line.
+_NATIVE_INFO = re.compile(r'^I\d{4} \d\d:\d\d:\d\d|^WARNING: All log messages '
+                          r'before absl::InitializeLog\(\)')
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+  """Native (C++) INFO lines written to file descriptor 2 inside the block
+  are dropped, unless verbose; every other line written there meanwhile
+  (warnings, errors, Python output) is written back when the block ends."""
+  if _verbose:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode='w+b') as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = [line for line in captured.read().decode(
+          'utf-8', 'replace').splitlines(keepends=True)
+              if not _NATIVE_INFO.match(line)]
+      if kept:
+        sys.stderr.write(''.join(kept))
+        sys.stderr.flush()

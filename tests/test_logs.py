@@ -60,3 +60,23 @@ def test_verbose_shows_library_info(caplog, restore_logging):
     lib.debug('Building index from IDs objects')
   assert [r.getMessage() for r in caplog.records] == [
       'Building index from IDs objects']
+
+
+def test_native_info_lines_dropped_the_rest_kept(capfd, restore_logging):
+  # A child process writes to the inherited file descriptor 2, as C++ does.
+  import subprocess
+  import sys
+  script = ('import sys; sys.stderr.write('
+            '"WARNING: All log messages before absl::InitializeLog() is '
+            'called are written to STDERR\\n'
+            'I0000 00:00:1796011669.423134 4867 partitioner.cc:58] Size\\n'
+            'W0000 00:00:1796011669.424727 4867 gmm_utils.cc:1026] zero\\n'
+            'E1130 04:00:00.000000 1 x.cc:1] broken\\n")')
+  for verbose in (False, True):
+    logs.setup(verbose=verbose)
+    with logs.quiet_native_stderr():
+      subprocess.run([sys.executable, '-c', script], check=True)
+    err = capfd.readouterr().err
+    assert 'gmm_utils.cc:1026] zero' in err and 'x.cc:1] broken' in err
+    assert ('partitioner.cc:58' in err) == verbose
+    assert ('before absl::InitializeLog' in err) == verbose

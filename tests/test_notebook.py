@@ -60,7 +60,8 @@ def primed_workdir(tmp_path_factory):
   out = tmp_path_factory.mktemp('primed')
   proc = subprocess.run(
       [sys.executable, 'launch.py', '--config',
-       'configs/mgtil_synth.py:runlocal,tasks=2,method=primed', '--workdir',
+       'configs/mgtil_synth.py:runlocal,tasks=2,steps=2,method=primed',
+       '--workdir',
        str(out)], cwd=REPO, capture_output=True, text=True, timeout=900,
       check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
