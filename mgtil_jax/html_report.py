@@ -149,9 +149,10 @@ def _with_spread(row: dict, metric: str) -> str:
   return f'{value} (−{100 * low:.1f} / +{100 * high:.1f})'
 
 
-def comparison_page(table: dict, figure=None) -> str:
+def comparison_page(table: dict, figure=None, over_time=None) -> str:
   """The page of a comparison (compare.py's table); `figure` defaults to
-  compare.plot drawn afresh."""
+  compare.plot drawn afresh; `over_time`, when given, is
+  report.plot_methods_over_time of the methods' runs."""
   from mgtil_jax import compare  # pylint: disable=g-import-not-at-top
   if figure is None:
     figure = compare.plot(table)
@@ -178,11 +179,28 @@ def comparison_page(table: dict, figure=None) -> str:
              ['seeds', 'time (s)'], rows),
       '<h2>Final accuracy per task (%)</h2>',
       _table(['method'] + list(table['tasks']), last_rows),
-      '<h2>Plot</h2>', f'<p>{swatches}</p>',
+      '<h2>Plots</h2>', f'<p>{swatches}</p>',
       _img(figure, 'comparison.png')]
+  if over_time is not None:
+    sections.append(_img(over_time, 'comparison_over_time.png'))
   return _page(f"Methods on {table['benchmark']}", sections)
 
 
+def _load_runs(workdir: str, names) -> dict:
+  runs = {}
+  for name in names:
+    path = os.path.join(workdir, name, 'results.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        runs[name] = json.load(f)
+  return runs
+
+
 def write_comparison(workdir: str, table: dict, figure=None) -> str:
+  """report.html of a comparison, and comparison_over_time.png from the
+  methods' results.json files in workdir/<method>/ (when there are any)."""
+  over_time = report.plot_methods_over_time(
+      _load_runs(workdir, table['methods']),
+      os.path.join(workdir, 'comparison_over_time.png'))
   return _write(os.path.join(workdir, 'report.html'),
-                comparison_page(table, figure))
+                comparison_page(table, figure, over_time))

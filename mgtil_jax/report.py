@@ -396,6 +396,45 @@ def plot_loss_terms(results: dict, path: str | None = None):
   return _save(fig, path)
 
 
+def plot_methods_over_time(runs: dict, path: str | None = None):
+  """Several methods' runs ({method: results}) on one benchmark, each in
+  its method's colour: the mean accuracy over all tasks (left) and over the
+  tasks learned so far (right) after each task. Joint training, which has
+  no sequence, is a dashed line at its final mean. None without runs."""
+  runs = {m: r for m, r in runs.items() if r is not None}
+  if not runs:
+    return None
+  fig, axes = _figure(11, 4.2, 1, 2)
+  n = max(len(r['tasks']) for r in runs.values())
+  for method, r in runs.items():
+    mat = _matrix(r)
+    color = method_color(method)
+    if mat.shape[0] != len(r['tasks']) + 1:  # joint: one row
+      for ax in axes[0]:
+        ax.axhline(np.nanmean(mat[-1]), color=color, lw=1.5, ls='--',
+                   label=f'{method} (final)')
+      continue
+    seen = [np.nan] + [np.nanmean(mat[t, :t]) for t in range(1, len(mat))]
+    for ax, y in zip(axes[0], (np.nanmean(mat, axis=1), seen)):
+      ax.plot(range(len(mat)), y, color=color, lw=2, marker='o', ms=3,
+              label=method)
+  titles = ('Mean accuracy over all tasks',
+            'Mean accuracy over the tasks learned so far')
+  for ax, title in zip(axes[0], titles):
+    ax.set_xticks(range(n + 1), ['zs'] + [str(i + 1) for i in range(n)])
+    ax.set_xlabel('after training task (zs = zero-shot)', fontsize=9)
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+  axes[0, 0].set_ylabel('test accuracy (%)')
+  handles, labels = axes[0, 0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='outside right center', fontsize=8,
+             frameon=False)
+  benchmark = next(iter(runs.values()))['benchmark']
+  fig.suptitle(f'Methods over the sequence on {benchmark}', fontsize=11)
+  return _save(fig, path)
+
+
 # The figures of one run: file name -> plot function.
 RUN_FIGURES = (('accuracy_matrix.png', plot_accuracy_matrix),
                ('accuracy_over_time.png', plot_accuracy_over_time),

@@ -3,6 +3,7 @@ table and every inline PNG is there, and nothing points outside the page."""
 
 import base64
 import html.parser
+import json
 
 from mgtil_jax import compare, html_report, report
 import report_fixtures as fx
@@ -81,10 +82,18 @@ def test_run_page_without_curves_or_sequence():
 
 def test_comparison_page(tmp_path):
   table = fx.comparison(spread='std')
+  # Two of the three methods have their run's results.json beside it.
+  for name in ('ft', 'primed'):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'results.json').write_text(
+        json.dumps(fx.results(method=name)))
   compare.write(str(tmp_path), table)
   assert (tmp_path / 'comparison.png').exists()
+  assert (tmp_path / 'comparison_over_time.png').exists()
   page = _parse((tmp_path / 'report.html').read_text())
-  assert len(page.tables) == 2 and len(page.images) == 1
+  assert len(page.tables) == 2
+  assert [img['alt'] for img in page.images] == [
+      'comparison.png', 'comparison_over_time.png']
   methods_table = page.tables[0]
   assert [row[0] for row in methods_table[1:]] == list(table['methods'])
   head = methods_table[0]

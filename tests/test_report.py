@@ -143,3 +143,27 @@ def test_final_summary_lists_metrics_and_existing_outputs(tmp_path):
     assert os.path.exists(tmp_path / name)
     assert name in text
   assert 'tensorboard' not in text  # not written here
+
+
+def test_methods_over_time_one_colour_per_method():
+  ft, primed = fx.results(method='ft'), fx.results(method='primed', seed=1)
+  joint = fx.results(method='joint')
+  joint['accuracy_matrix'] = joint['accuracy_matrix'][-1:]
+  fig = report.plot_methods_over_time({'ft': ft, 'primed': primed,
+                                       'joint': joint, 'ewc': None})
+  left, right = fig.axes[:2]
+  assert [l.get_label() for l in left.lines] == ['ft', 'primed',
+                                                 'joint (final)']
+  for line in left.lines + right.lines:
+    method = line.get_label().split()[0]
+    assert to_hex(line.get_color()) == report.method_color(method)
+  # Left: mean of each row (zero-shot first); right: mean of the tasks
+  # learned so far (NumPy on the fixture's matrix).
+  mat = np.vstack([ft['zero_shot'], ft['accuracy_matrix']]) * 100
+  np.testing.assert_allclose(left.lines[0].get_ydata(), mat.mean(1))
+  np.testing.assert_allclose(right.lines[0].get_ydata()[1:],
+                             [mat[t, :t].mean() for t in range(1, 4)])
+  np.testing.assert_allclose(left.lines[2].get_ydata(),
+                             [100 * np.mean(joint['accuracy_matrix'][-1])] * 2)
+  assert _inside(fig, fig.legends[0])
+  assert report.plot_methods_over_time({}) is None
