@@ -12,7 +12,7 @@ SLURM/Open MPI the arguments are discovered; otherwise pass
 Running the same command again resumes from the last checkpoint.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -23,6 +23,9 @@ _WORKDIR = flags.DEFINE_string('workdir', 'runs/default',
 _COMPARE = flags.DEFINE_string(
     'compare', None, "Run several methods ('all' or a comma-separated list) "
     'in workdir/<method> and write comparison.{md,json,png}.')
+_VERBOSE = flags.DEFINE_bool(
+    'verbose', False, 'Show third-party INFO logs (orbax, tfds, bm25s, '
+    'ScaNN); by default only warnings, progress bars and results.')
 _MULTIHOST = flags.DEFINE_bool('multihost', False,
                                'Call jax.distributed.initialize() first.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
@@ -40,12 +43,8 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  # orbax and jax log every checkpoint write at INFO; the progress bars and
-  # the final table are what a user reads.
-  logging.set_verbosity(logging.WARNING)
-  # bm25s logs every index build at DEBUG through its own logger.
-  import logging as std_logging  # pylint: disable=g-import-not-at-top
-  std_logging.getLogger('bm25s').setLevel(std_logging.WARNING)
+  from mgtil_jax import logs  # pylint: disable=g-import-not-at-top
+  logs.setup(verbose=_VERBOSE.value)
   from mgtil_jax import compare, train  # pylint: disable=g-import-not-at-top
   if _COMPARE.value:
     compare.compare(_CONFIG.value, _WORKDIR.value,

@@ -251,16 +251,23 @@ _BUILDER_CLASS = None
 
 
 def _quiet(fn):
-  """`fn` with absl's WARNINGs muted: tfds warns on every builder made from a
-  config object ('Using custom data configuration'), which is how every
-  dataset here is made."""
+  """`fn` with absl's WARNINGs muted and stdout swallowed, unless
+  `launch.py --verbose`: tfds warns on every builder made from a config
+  object ('Using custom data configuration'), which is how every dataset
+  here is made, and prints 'Downloading and preparing dataset' even when
+  the source files are local (mgtil_jax/logs.py)."""
+  from mgtil_jax import logs  # pylint: disable=g-import-not-at-top
+
   @functools.wraps(fn)
   def call(*args, **kwargs):
+    if logs.is_verbose():
+      return fn(*args, **kwargs)
     absl_logger = logging.getLogger('absl')
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)
     try:
-      return fn(*args, **kwargs)
+      with logs.quiet_stdout():
+        return fn(*args, **kwargs)
     finally:
       absl_logger.setLevel(level)
   return call

@@ -22,6 +22,7 @@ import os
 from mgtil_jax import sharding
 from mgtil_jax.retrieval import corpus as corpus_lib
 from mgtil_jax.retrieval import queries as queries_lib
+from mgtil_jax.retrieval import trace
 from mgtil_jax.retrieval.memory import RetrievalMemory
 from mgtil_jax.retrieval.sampler import RetrievalReferenceSource, prefetch
 
@@ -150,4 +151,5 @@ def build_reference_source(exp, batch_size: int) -> RetrievalReferenceSource:
   if cfg.mode == 'uni' and not cfg.uni_keywords and (
       exp.config.data.name == 'mgtil_synth'):
     source.keywords = queries_lib.synth_keywords()
-  return source
+  # Writes <workdir>/retrieval/trace/task-<t>.json for the notebook.
+  return trace.record(source, root)
