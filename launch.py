@@ -23,6 +23,9 @@ _WORKDIR = flags.DEFINE_string('workdir', 'runs/default',
 _COMPARE = flags.DEFINE_string(
     'compare', None, "Run several methods ('all' or a comma-separated list) "
     'in workdir/<method> and write comparison.{md,json,png}.')
+_SWEEP = flags.DEFINE_string(
+    'sweep', None, 'FIELD=V1,V2,...: one run per value in workdir/<field>=<v>'
+    ' and sweep.{md,json} (e.g. method_kwargs.alpha=0.5,1,1.5).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False,
                                'Call jax.distributed.initialize() first.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
@@ -47,7 +50,10 @@ def main(argv):
   import logging as std_logging  # pylint: disable=g-import-not-at-top
   std_logging.getLogger('bm25s').setLevel(std_logging.WARNING)
   from mgtil_jax import compare, train  # pylint: disable=g-import-not-at-top
-  if _COMPARE.value:
+  if _SWEEP.value:
+    from mgtil_jax import sweep  # pylint: disable=g-import-not-at-top
+    sweep.sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value)
+  elif _COMPARE.value:
     compare.compare(_CONFIG.value, _WORKDIR.value,
                     compare.parse_methods(_COMPARE.value))
   else:
