@@ -8,8 +8,8 @@ The continual step knows no method. It asks `exp.method` (docs/methods.md,
                 teacher) returning weighted loss terms; one value_and_grad
                 per group (the task batch and the reference batch are
                 different batches anyway), gradients summed;
-  grad terms    terms whose weights come from a group's gradient (DFG) or
-                that need no forward pass (l2 / EWC): (value, gradient)
+  grad terms    terms whose weights come from a group's gradient or
+                that need no forward pass (quadratic pulls): (value, gradient)
                 pairs, each `jax.value_and_grad` of a `losses` function;
   update masks  applied to the optimiser's updates (adapters).
 

@@ -207,7 +207,7 @@ def make_optimizer(*, lr: float, steps: int, warmup_steps: int,
                    weight_decay: float, freeze_logit_scale: bool,
                    labels=None):
   """AdamW with linear warm-up then cosine decay to 0 over `steps`; the logit
-  scale optionally frozen (the ZSCL recipe)."""
+  scale optionally frozen (the recipe of docs/methods.md)."""
   warmup_steps = min(warmup_steps, max(steps - 1, 0))
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, lr, warmup_steps, max(steps, warmup_steps + 1), end_value=0.0)
@@ -465,8 +465,8 @@ class _TaskStream:
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole continual experiment; returns the results.
 
-  Init or restore, then for each phase (a task; one phase for joint
-  training): the method's task-begin actions, the steps, its task-end
+  Init or restore, then for each phase (a task, or one phase over
+  all tasks): the method's task-begin actions, the steps, its task-end
   actions, evaluation, a checkpoint. Everything a method does is a hook of
   `exp.method` (docs/methods.md)."""
   wall_start = time.time()
@@ -569,7 +569,7 @@ def train_phase(exp, state, meta, t, steps, step_fn, opt_init, ckpt, writer,
   task-end actions; the record `meta` carries everything a resume needs."""
   cfg, method = exp.config, exp.method
   task, start = exp.tasks[t], meta['step']
-  # One phase over every task (joint training) is named for all of them.
+  # One phase over every task (multi-task training) is named for all.
   name = task.name if num_phases == len(exp.tasks) else 'all_tasks'
   if start == 0:  # a task starts: fresh optimiser, the method's resets
     state['opt'] = opt_init(state['params'])

@@ -18,8 +18,15 @@ from mgtil_jax.methods import icarl, parts
 from mgtil_jax.models import adapters, clip
 
 
-def _setup(tmp_path, method, **kwargs):
+@pytest.fixture(scope='module')
+def data_cache(tmp_path_factory):
+  """One synthetic-data cache for every case of this module."""
+  return str(tmp_path_factory.mktemp('cache'))
+
+
+def _setup(tmp_path, method, cache_dir='', **kwargs):
   config = mgtil_synth.get_config(f'runlocal,tasks=1,method={method}')
+  config.cache_dir = cache_dir
   for k, v in kwargs.items():
     config.method_kwargs[k] = v
   return train.setup(config, str(tmp_path / 'w'))
@@ -74,7 +81,9 @@ def _np_dfg_weights(grads, normalize):
   return jax.tree.map(one, grads)
 
 
-# Every training method, and the ablation settings whose math differs.
+# Every training method, and the ablation settings whose math differs; the
+# cases beyond one per kind of hook are marked slow (each compiles a step).
+_SLOW = pytest.mark.slow
 CASES = [
     ('ft', {}), ('joint', {}), ('l2', {}), ('ewc', {}), ('lwf', {}),
     ('icarl', {}), ('wiseft', {}), ('zscl', {}),
@@ -88,15 +97,24 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize('method,kwargs', CASES,
-                         ids=[f'{m}-{"-".join(map(str, k.values()))}'
-                              for m, k in CASES])
-def test_step_equals_autodiff_of_the_total_loss(tmp_path, method, kwargs):
+FAST = {('ft', ()), ('icarl', ()), ('primed', ('mean',)), ('gift', ()),
+        ('moe_adapters', ()), ('ewc', ())}
+
+
+def _case(m, k):
+  marks = () if (m, tuple(k.values())) in FAST else (_SLOW,)
+  return pytest.param(m, k, marks=marks,
+                      id=f'{m}-{"-".join(map(str, k.values()))}')
+
+
+@pytest.mark.parametrize('method,kwargs', [_case(m, k) for m, k in CASES])
+def test_step_equals_autodiff_of_the_total_loss(tmp_path, data_cache, method,
+                                                kwargs):
   """The step's SGD(1) update equals jax.value_and_grad of the total loss
   written out here term by term from the method's equations
   (docs/methods.md), with DFG's weights from a separate jax.grad of the
   distillation terms normalised in NumPy."""
-  exp = _setup(tmp_path, method, **kwargs)
+  exp = _setup(tmp_path, method, data_cache, **kwargs)
   kw = exp.config.method_kwargs
   tx = optax.sgd(1.0)  # new params = params - total gradient
   shardings = train.state_shardings(exp, tx, exp.state_trees)
