@@ -25,7 +25,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from mgtil_jax import checkpoint as ckpt_lib
-from mgtil_jax import methods, reference, report, sharding
+from mgtil_jax import methods, report, sharding
 from mgtil_jax import steps as steps_lib
 from mgtil_jax.data import pipeline as pipeline_lib
 from mgtil_jax.data import tasks as tasks_lib

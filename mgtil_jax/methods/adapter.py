@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-import optax  # noqa: F401  (labels feed optax.multi_transform in train)
 
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.methods import base
