@@ -5,7 +5,7 @@ every run under a --sweep / --compare workdir).
   python launch.py --config configs/mgtil_synth.py:runlocal,tasks=3,method=primed \
       --config.train.steps_per_task=16 --config.train.log_every=1 \
       --workdir /tmp/dfg --sweep=method_kwargs.dfg_normalize=none,mean,max
-  python benchmarks/dfg_share.py /tmp/dfg
+  python benchmarks/dfg_share.py /tmp/dfg [out.json]
 
 Prints a table and writes benchmarks/results/dfg_share.json.
 """
@@ -52,8 +52,8 @@ def main():
     for r in entry['rows']:
       print(f"| {r['task']} | " + ' | '.join(
           f'{r[k]:.3g}' if k in r else '-' for k in keys) + ' |')
-  out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
-                     'dfg_share.json')
+  out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), 'results', 'dfg_share.json')
   with open(out, 'w') as f:
     json.dump(table, f, indent=1)
 
