@@ -26,6 +26,9 @@ _COMPARE = flags.DEFINE_string(
 _VERBOSE = flags.DEFINE_bool(
     'verbose', False, 'Show third-party INFO logs (orbax, tfds, bm25s, '
     'ScaNN); by default only warnings, progress bars and results.')
+_SWEEP = flags.DEFINE_string(
+    'sweep', None, 'FIELD=V1,V2,...: one run per value in workdir/<field>=<v>'
+    ' and sweep.{md,json} (e.g. method_kwargs.alpha=0.5,1,1.5).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False,
                                'Call jax.distributed.initialize() first.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
@@ -46,7 +49,10 @@ def main(argv):
   from mgtil_jax import logs  # pylint: disable=g-import-not-at-top
   logs.setup(verbose=_VERBOSE.value)
   from mgtil_jax import compare, train  # pylint: disable=g-import-not-at-top
-  if _COMPARE.value:
+  if _SWEEP.value:
+    from mgtil_jax import sweep  # pylint: disable=g-import-not-at-top
+    sweep.sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value)
+  elif _COMPARE.value:
     compare.compare(_CONFIG.value, _WORKDIR.value,
                     compare.parse_methods(_COMPARE.value))
   else:

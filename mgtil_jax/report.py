@@ -88,7 +88,11 @@ def build_results(exp, meta: dict, wall_time: float) -> dict:
       'zero_shot': list(meta['zero_shot']),
       'zero_shot_auc': list(meta['zero_shot_auc']),
       'summary': summary,
+      # Per task: 'loss', 'terms' {name: [[step, value]]} and 'grad_share'
+      # {group or term: [[step, share of the summed gradient norms]]}.
       'train_curves': meta['train_curves'],
+      'reference': meta.get('reference', []),
+      'method_info': meta.get('method_info', {}),
       'config': exp.config.to_dict(),
       'versions': _versions(),
       'devices': {'count': jax.device_count(),
