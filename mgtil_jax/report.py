@@ -105,15 +105,33 @@ def _json_default(x):
 
 
 def write_outputs(workdir: str, results: dict):
-  path = os.path.join(workdir, 'results.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=1, default=_json_default)
-  os.replace(path + '.tmp', path)
-  plot_accuracy_matrix(results, os.path.join(workdir, 'accuracy_matrix.png'))
-  plot_accuracy_over_time(results,
-                          os.path.join(workdir, 'accuracy_over_time.png'))
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(format_table(results) + '\n')
+  """Plots, the Markdown table, then results.json, each written to a
+  temporary file and renamed: a failure leaves the previous outputs whole,
+  and results.json (what tools read) appears only once the rest succeeded."""
+  plots = {'accuracy_matrix.png': plot_accuracy_matrix,
+           'accuracy_over_time.png': plot_accuracy_over_time}
+  done = []  # (tmp, final): renamed together at the end
+  try:
+    for name, plot in plots.items():
+      tmp = os.path.join(workdir, name[:-len('.png')] + '.tmp.png')
+      plot(results, tmp)
+      if os.path.exists(tmp):
+        done.append((tmp, os.path.join(workdir, name)))
+    tmp = os.path.join(workdir, 'results.md.tmp')
+    with open(tmp, 'w') as f:
+      f.write(format_table(results) + '\n')
+    done.append((tmp, os.path.join(workdir, 'results.md')))
+    tmp = os.path.join(workdir, 'results.json.tmp')
+    with open(tmp, 'w') as f:
+      json.dump(results, f, indent=1, default=_json_default)
+    done.append((tmp, os.path.join(workdir, 'results.json')))
+  except BaseException:
+    for tmp, _ in done:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    raise
+  for tmp, final in done:  # results.json last
+    os.replace(tmp, final)
 
 
 def _fmt(x, pct=True):
