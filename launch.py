@@ -11,6 +11,10 @@ SLURM/Open MPI the arguments are discovered; otherwise pass
 --coordinator_address, --num_processes and --process_id).
 Running the same command again resumes from the last checkpoint.
 
+--config file[:args] is an ml_collections config file; single fields are
+overridden with --config.<field>=<value> (e.g. --config.train.lr=3e-4).
+Every other flag is an ordinary absl flag defined below.
+
 A mistake in the command, config, data or workdir prints one line
 (`error: ...` naming the field or file and what was expected) and exits 2;
 `--debug` shows its traceback. Bugs keep their tracebacks (exit 1).
@@ -24,6 +28,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = 'configs/mgtil_synth.py'
+app.define_help_flags()  # --help, --helpfull (app.run is not used)
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/default',
                                'Where checkpoints, results and plots go.')
 _COMPARE = flags.DEFINE_string(
