@@ -146,10 +146,15 @@ def main_cli(argv) -> int:
     # unknown field or a mistyped value of an override.
     if debug:
       traceback.print_exc()
-    text = errors.one_line(_root_message(e))
-    if isinstance(e, AttributeError) or 'Unknown command line flag' in text:
-      text = f'unknown config field ({text})'
-    return _error(f'--config: {text}')
+    if isinstance(e, (AttributeError, KeyError)):  # ml_collections: "'field'"
+      field = str(e).strip('"\'')
+      named = [a.split('=', 1)[0] for a in config_args
+               if '.' + field + '.' in a.split('=', 1)[0] + '.']
+      return _error(f'{named[0] if named else "--config"}: no such field in '
+                    'the config (see the config file for its fields)')
+    if str(e).startswith('flag --config.') and 'Traceback' not in str(e):
+      return _error(errors.one_line(e))  # names the override and its value
+    return _error(f'--config: {errors.one_line(_root_message(e))}')
   try:
     main(config)
   except Exception as e:  # pylint: disable=broad-except

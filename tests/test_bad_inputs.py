@@ -131,8 +131,9 @@ def test_bad_config_field(capsys, good, tmp_path, overrides, name):
      ['config.method', 'sgd']),
     (['--config=configs/mgtil_synth.py:runlocal,steps=-1'],
      ['config.train.steps_per_task']),
-    ([f'--config={GOOD}', '--config.train.nope=1'], ['nope']),
-    ([f'--config={GOOD}', '--config.train.lr=abc'], ['abc']),
+    ([f'--config={GOOD}', '--config.train.nope=1'], ['--config.train.nope']),
+    ([f'--config={GOOD}', '--config.train.lr=abc'],
+     ['--config.train.lr', 'abc']),
     ([f'--config={GOOD}', '--no_such_flag=1'], ['no_such_flag']),
 ], ids=['missing-file', 'unknown-arg', 'unknown-method', 'negative-steps',
         'unknown-field', 'mistyped-value', 'unknown-flag'])
