@@ -198,6 +198,17 @@ def test_single_label_table(capsys, good, tmp_path):
            os.path.join('skin', 'labels.csv'), 'at least 2 classes')
 
 
+def test_single_class_json(capsys, good, tmp_path):
+  _task_folder(tmp_path, 'eye', {'img': 4})
+  (tmp_path / 'eye' / 'labels.json').write_text(
+      '{"classes": ["glaucoma"], "items": [' + ', '.join(
+          f'{{"path": "img/{i}.png", "label": 0}}' for i in range(4)) + ']}')
+  _refused(capsys, good, [
+      f'--config=configs/custom.py:root={tmp_path},tasks=eye,kind=json,'
+      'runlocal', f'--workdir={tmp_path / "w"}'],
+           os.path.join('eye', 'labels.json'), 'at least 2 classes')
+
+
 def test_divergence_stops_naming_the_step(capsys, good, tmp_path):
   # lr = 1e39 is a finite number, but not in float32: the first update
   # makes the params infinite. The good run's caches skip pretraining.

@@ -191,15 +191,15 @@ def _is_index(label) -> bool:
 def table_classes(path: str, class_names=None) -> list[str]:
   rows, in_file = _read_rows(path)
   classes = list(class_names or in_file or [])
-  if classes:
-    return classes
-  if any(_is_index(r['label']) for r in rows):
-    raise ValueError(f'{path}: integer labels need class names (a "classes" '
-                     'list in the JSON, or class_names in the config)')
-  classes = sorted({str(r['label']).strip() for r in rows})
+  if not classes:
+    if any(_is_index(r['label']) for r in rows):
+      raise ValueError(f'{path}: integer labels need class names (a '
+                       '"classes" list in the JSON, or class_names in the '
+                       'config)')
+    classes = sorted({str(r['label']).strip() for r in rows})
   if len(classes) < 2:
-    raise LayoutError(f'{path}: every row has the label {classes}; expected '
-                      'at least 2 classes (a 1-class task is always right)')
+    raise LayoutError(f'{path}: only the class {classes}; expected at least '
+                      '2 classes (a 1-class task is always right)')
   return classes
 
 
