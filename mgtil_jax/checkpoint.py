@@ -151,8 +151,8 @@ class Checkpointer:
         out = self._restore_step(s, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
         # tensorstore / json / zip errors name no path: record them here.
-        failures.append((s, f'{type(e).__name__}: '
-                            f'{str(e).splitlines()[0][:200] if str(e) else ""}'))
+        first = str(e).splitlines()[0][:200] if str(e) else ''
+        failures.append((s, f'{type(e).__name__}: {first}'))
         continue
       if failures:
         self._quarantine([f for f, _ in failures], s)

@@ -371,7 +371,7 @@ def pretrain(exp: Experiment, writer) -> dict:
     abstract = jax.eval_shape(lambda: _fresh_state(exp, tx))
     state, restored_meta = ckpt.restore(latest, ckpt_lib.abstract_like(
         abstract, shardings_))
-    latest = restored_meta['step']  # issue 13 hook: a corrupt latest falls back
+    latest = restored_meta['step']  # issue 13: may fall back past a corrupt one
     if latest >= pcfg.steps:
       ckpt.close()
       return state['params']
@@ -396,7 +396,7 @@ def pretrain(exp: Experiment, writer) -> dict:
           {'image': images[idx], 'tokens': tokens[idx]}))
       if (step + 1) % cfg.train.log_every == 0:
         m = jax.device_get(m)
-        ckpt_lib.check_finite(m, f'pretraining step {step + 1}')  # issue 13 hook
+        ckpt_lib.check_finite(m, f'pretraining step {step + 1}')  # issue 13
         bar.set_postfix(loss=f"{m['loss']:.3f}")
         report.scalars(writer, 'pretrain', m, step + 1)
       if (step + 1) % cfg.checkpoint.every_steps == 0 or step + 1 == pcfg.steps:
@@ -634,7 +634,7 @@ def adapter_task_end(exp: Experiment, params, t: int, prompts):
 # ------------------------------------------------------------ the sequence --
 
 
-@workdir_lib.guarded  # issue 13 hook: validate, lock, fingerprint, finish saves
+@workdir_lib.guarded  # issue 13: validate, lock, fingerprint, finish saves
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole continual experiment; returns the results."""
   wall_start = time.time()
@@ -751,7 +751,8 @@ def run(config, workdir: str) -> dict:
             meta['ensemble_count'] += 1
           if (s + 1) % cfg.train.log_every == 0 or s + 1 == steps:
             m = jax.device_get(m)
-            ckpt_lib.check_finite(m, f'task {t + 1} ({name}) step {s + 1}')  # issue 13 hook
+            # issue 13 hook: a NaN loss stops the run, naming the step
+            ckpt_lib.check_finite(m, f'task {t + 1} ({name}) step {s + 1}')
             bar.set_postfix(loss=f"{m['loss']:.3f}",
                             acc=f"{m['train_accuracy']:.2f}")
             report.scalars(writer, f'train/{name}', m, t * steps + s + 1)

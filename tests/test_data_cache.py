@@ -8,7 +8,7 @@ import pytest
 
 from mgtil_jax.data import builder
 from mgtil_jax.data.sources import base
-from test_builder import _data_cfg, _source  # pylint: disable=g-bad-import-order
+from test_builder import _data_cfg, _source  # pylint: disable=import-error
 
 
 def _prepared(tmp_path, monkeypatch):

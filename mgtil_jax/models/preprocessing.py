@@ -7,10 +7,12 @@ a = -0.5), `CenterCrop(size)`, `ToTensor` (/255), `Normalize(mean, std)`.
 Here the resize is `jax.image.resize(..., 'bicubic', antialias=True)`, the
 same kernel with the same half-pixel centres, applied in PIL's order of
 passes (see `vertical_first`), and for uint8 input each pass rounded and
-clipped to the uint8 grid (PIL resamples 8-bit images into 8-bit buffers). The result matches
-open_clip's pixels to within one grey level (PIL's fixed-point weights round
-a rare pixel the other way); float input is resized in float. Images already
-at the model's size are not resampled and match exactly.
+clipped to the uint8 grid (PIL resamples 8-bit images into 8-bit buffers).
+The result matches open_clip's pixels to within one grey level (PIL's
+fixed-point weights round a rare pixel the other way) under every Pillow
+that setup.cfg allows (tests/test_preprocessing.py); float input is resized
+in float. Images already at the model's size are not resampled and match
+exactly.
 
 Text: open_clip's `HFTokenizer` cleans every string (`ftfy.fix_text`, HTML
 unescaping twice, whitespace collapsed) before the BERT WordPiece tokenizer.
