@@ -111,13 +111,20 @@ def _json_default(x):
 
 
 def write_outputs(workdir: str, results: dict):
-  path = os.path.join(workdir, 'results.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=1, default=_json_default)
-  os.replace(path + '.tmp', path)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(format_table(results) + '\n')
+  """The figures and report.html first, then the Markdown table, then
+  results.json, the last two each written to a temporary file and renamed:
+  a failure leaves the previous results whole, and results.json (what tools
+  read) appears only once the rest succeeded."""
   write_figures(workdir, results)
+  outputs = (('results.md', format_table(results) + '
+'),
+             ('results.json', json.dumps(results, indent=1,
+                                         default=_json_default)))
+  for name, text in outputs:  # results.json last
+    tmp = os.path.join(workdir, name + '.tmp')
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, os.path.join(workdir, name))
 
 
 def _fmt(x, pct=True):

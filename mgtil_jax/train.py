@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 
 from mgtil_jax import checkpoint as ckpt_lib
 from mgtil_jax import methods, report, sharding
+from mgtil_jax import validation, workdir as workdir_lib
 from mgtil_jax import steps as steps_lib
 from mgtil_jax.data import pipeline as pipeline_lib
 from mgtil_jax.data import tasks as tasks_lib
@@ -88,26 +89,7 @@ class Experiment:
 
 def validate_config(config, workdir: str | None = None):
   """Fails fast, before any data or device work, naming the bad field."""
-  method = methods.get_method(config.method, config.method_kwargs)
-  clip.get_preset(config.model.preset)
-  if config.model.dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f'config.model.dtype: expected float32 or bfloat16, got '
-                     f'{config.model.dtype!r}')
-  for field in ('steps_per_task', 'batch_size'):
-    value = config.train[field]
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f'config.train.{field}: expected a positive integer, '
-                       f'got {value!r}')
-  if not config.prompts.templates or any(
-      '{}' not in t for t in config.prompts.templates):
-    raise ValueError('config.prompts.templates: expected templates that each '
-                     "contain '{}' for the class name, got "
-                     f'{config.prompts.templates!r}')
-  if workdir is not None:
-    parent = os.path.dirname(os.path.abspath(workdir))
-    if not os.path.isdir(parent):
-      raise FileNotFoundError(f'--workdir: the parent directory {parent} of '
-                              f'{workdir} does not exist')
+  validation.validate(config, workdir)  # issue 13 hook: validation.py
 
 
 def _sync(name: str):
@@ -385,8 +367,9 @@ def pretrain(exp: Experiment, writer) -> dict:
   latest = ckpt.latest_step()
   if latest is not None:
     abstract = jax.eval_shape(lambda: _fresh_state(exp, tx))
-    state, _ = ckpt.restore(latest, ckpt_lib.abstract_like(abstract,
-                                                           shardings_))
+    state, restored_meta = ckpt.restore(latest, ckpt_lib.abstract_like(
+        abstract, shardings_))
+    latest = restored_meta['step']  # issue 13: may fall back past a corrupt one
     if latest >= pcfg.steps:
       ckpt.close()
       return state['params']
@@ -411,6 +394,7 @@ def pretrain(exp: Experiment, writer) -> dict:
           {'image': images[idx], 'tokens': tokens[idx]}))
       if (step + 1) % cfg.train.log_every == 0:
         m = jax.device_get(m)
+        ckpt_lib.check_finite(m, f'pretraining step {step + 1}')  # issue 13
         bar.set_postfix(loss=f"{m['loss']:.3f}")
         report.scalars(writer, 'pretrain', m, step + 1)
       if (step + 1) % cfg.checkpoint.every_steps == 0 or step + 1 == pcfg.steps:
@@ -462,6 +446,7 @@ class _TaskStream:
 # ------------------------------------------------------------ the sequence --
 
 
+@workdir_lib.guarded  # issue 13: validate, lock, fingerprint, finish saves
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole continual experiment; returns the results.
 
@@ -548,8 +533,9 @@ def _init_or_restore(exp, tx, shardings_, ckpt, evaluate, writer, opt_init):
   abstract = jax.eval_shape(lambda: _fresh_state(exp, tx, exp.state_trees))
   state, meta = ckpt.restore(latest, ckpt_lib.abstract_like(abstract,
                                                            shardings_))
-  log.info('resumed from step %d (task %d, step %d)', latest, meta['task'],
-           meta['step'])
+  # A corrupt latest checkpoint falls back to an earlier one: log its own
+  # task and step.
+  log.info('resumed at task %d, step %d', meta['task'], meta['step'])
   return state, meta
 
 
@@ -597,6 +583,9 @@ def train_phase(exp, state, meta, t, steps, step_fn, opt_init, ckpt, writer,
       state = method.after_step(exp, state, meta, t, s, steps)
       if (s + 1) % cfg.train.log_every == 0 or s + 1 == steps:
         m = jax.device_get(m)
+        # A NaN loss stops the run, naming the step (the last good
+        # checkpoint stays).
+        ckpt_lib.check_finite(m, f'task {t + 1} ({name}) step {s + 1}')
         bar.set_postfix(loss=f"{m['loss']:.3f}",
                         acc=f"{m['train_accuracy']:.2f}")
         report.scalars(writer, f'train/{name}', m, t * steps + s + 1)
