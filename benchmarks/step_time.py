@@ -207,7 +207,8 @@ def trim_compare(methods, preset, batch, ref_batch, dtype, steps,
     padded_analytic = method_step_flops(
         mcfg, distill, batch, [mcfg.text.context_length] * len(prompt_real),
         ref_batch, [mcfg.text.context_length] * len(caption_real)) / 1e9
-    for i in range(steps + 1):  # the first round warms both up
+    # steps=0: compile and count FLOPs only (no timing).
+    for i in range(steps + 1 if steps else 0):  # round 0 warms both up
       for kind in ('padded', 'trimmed'):
         v = variants[kind]
         with exp.context():
@@ -216,7 +217,10 @@ def trim_compare(methods, preset, batch, ref_batch, dtype, steps,
           jax.block_until_ready((state, m))
         if i:
           v['times'].append(time.perf_counter() - t)
-    med = {k: float(np.median(v['times'])) for k, v in variants.items()}
+          print(f"{method} {kind} step {i}: {v['times'][-1]:.2f}s",
+                flush=True)
+    med = {k: float(np.median(v['times'])) if v['times'] else float('nan')
+           for k, v in variants.items()}
     rows.append({
         'method': method, 'preset': preset, 'dtype': dtype, 'batch': batch,
         'ref_batch': ref_batch if distill else 0,

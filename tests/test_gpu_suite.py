@@ -3,6 +3,7 @@ writes its JSON and markdown (the real-size numbers need an accelerator)."""
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -68,3 +69,23 @@ def test_smoke_runs_every_part(tmp_path):
   assert e2e['retrieval_s'] > 0 and e2e['reference_set'] > 0
   assert e2e['data_wait_s'] >= 0
   assert np.isfinite(e2e['accuracy'])
+
+
+def test_configs_build_with_the_stand_in_when_ml_collections_is_absent():
+  # The accelerator host may lack ml_collections: block its import in a
+  # fresh interpreter and build a config through the stand-in.
+  code = (
+      'import sys; sys.modules["ml_collections"] = None\n'
+      f'sys.path.insert(0, {BENCH!r})\n'
+      'import gpu_suite\n'
+      'assert gpu_suite.ensure_ml_collections() == "stand-in"\n'
+      'from configs import mgtil_synth\n'
+      'c = mgtil_synth.get_config("runlocal,tasks=1,method=primed")\n'
+      'assert c.method == "primed" and c.data.train_per_class == 16\n'
+      'd = c.to_dict()\n'
+      'assert type(d["train"]) is dict\n'
+      'assert d["train"]["batch_size"] == c.train.batch_size > 0\n'
+      'print("ok")\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, cwd=os.path.dirname(BENCH), check=False)
+  assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-800:]
