@@ -116,8 +116,7 @@ def write_outputs(workdir: str, results: dict):
   a failure leaves the previous results whole, and results.json (what tools
   read) appears only once the rest succeeded."""
   write_figures(workdir, results)
-  outputs = (('results.md', format_table(results) + '
-'),
+  outputs = (('results.md', format_table(results) + '\n'),
              ('results.json', json.dumps(results, indent=1,
                                          default=_json_default)))
   for name, text in outputs:  # results.json last

@@ -40,16 +40,22 @@ def clean_text(text: str) -> str:
 
 class OpenClipTokenizer(Tokenizer):
   """`Tokenizer` with open_clip's text cleaning in front: identical ids to
-  `open_clip.get_tokenizer('local-dir:...')` on a BiomedCLIP directory."""
+  `open_clip.get_tokenizer('local-dir:...')` on a BiomedCLIP directory.
+
+  bucket=None (the default here) pads to the full context length as
+  open_clip does; a bucket trims the padding (see `mgtil_jax.tokenizer`),
+  which leaves the ids of every real token unchanged."""
 
   def __init__(self, vocab_file: str, context_length: int,
-               lowercase: bool = True):
-    super().__init__(vocab_file, context_length, lowercase=lowercase)
+               lowercase: bool = True, bucket: int | None = None):
+    super().__init__(vocab_file, context_length, lowercase=lowercase,
+                     bucket=bucket)
     self.vocab_file = vocab_file
 
   @classmethod
   def from_files(cls, vocab_file: str, context_length: int,
-                 tokenizer_config: str | None = None) -> 'OpenClipTokenizer':
+                 tokenizer_config: str | None = None,
+                 bucket: int | None = None) -> 'OpenClipTokenizer':
     """vocab.txt plus the HF tokenizer_config.json beside it (if present)."""
     options = {}
     if tokenizer_config and os.path.exists(tokenizer_config):
@@ -66,11 +72,11 @@ class OpenClipTokenizer(Tokenizer):
     if not options.get('tokenize_chinese_chars', True):
       raise ValueError(f'{tokenizer_config}: tokenize_chinese_chars=false is '
                        'not supported')
-    return cls(vocab_file, context_length, lowercase=lowercase)
+    return cls(vocab_file, context_length, lowercase=lowercase,
+               bucket=bucket)
 
   def __call__(self, texts) -> np.ndarray:
-    if isinstance(texts, str):
-      texts = [texts]
+    texts = [texts] if isinstance(texts, str) else texts
     return super().__call__([clean_text(t) for t in texts])
 
 

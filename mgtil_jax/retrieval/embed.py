@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mgtil_jax import sharding
+from mgtil_jax import tokenizer as tokenizer_lib
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.models import clip
 from mgtil_jax.retrieval import corpus as corpus_lib
@@ -57,15 +58,19 @@ class ClipTowers:
 
   `text(params, tokens int32[N, L]) -> float32[N, E]` and
   `image(params, images uint8[N, S, S, 3]) -> float32[N, E]`, both
-  L2-normalised; any N (padded to `batch_size` internally).
+  L2-normalised; any N (padded to `batch_size` internally). Each text batch
+  runs at its longest caption rounded up to `token_bucket` tokens
+  (`tokenizer.trim_padding`), not at the context length.
   """
 
-  def __init__(self, exp, batch_size: int = 256):
+  def __init__(self, exp, batch_size: int = 256,
+               token_bucket: int | None = tokenizer_lib.DEFAULT_BUCKET):
     self.exp = exp
     shards = exp.mesh.shape['data'] * exp.mesh.shape['fsdp']
     unit = int(np.lcm(shards, jax.process_count()))
     self.batch_size = max(unit, -(-batch_size // unit) * unit)
     self.image_size = exp.model.cfg.vision.image_size
+    self.token_bucket = token_bucket
     model = exp.model
     repl = sharding.replicated(exp.mesh)
     img_sh = sharding.batch_sharding(exp.mesh, exp.rules, 4)
@@ -86,7 +91,7 @@ class ClipTowers:
 
     self._image_fn, self._text_fn = image_fn, text_fn
 
-  def _run(self, fn, params, x: np.ndarray) -> np.ndarray:
+  def _run(self, fn, params, x: np.ndarray, trim=None) -> np.ndarray:
     n, bs = len(x), self.batch_size
     out = []
     with self.exp.context():
@@ -96,6 +101,8 @@ class ClipTowers:
         if pad:
           chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
                                                   chunk.dtype)])
+        if trim is not None:
+          chunk = trim(chunk)
         y = fn(params, self.exp.put_batch({'x': chunk})['x'])
         out.append(np.asarray(jax.device_get(y))[:bs - pad])
     if not out:
@@ -103,7 +110,10 @@ class ClipTowers:
     return np.concatenate(out).astype(np.float32)
 
   def text(self, params, tokens: np.ndarray) -> np.ndarray:
-    return self._run(self._text_fn, params, np.asarray(tokens, np.int32))
+    pad_id = self.exp.model.cfg.text.pad_id
+    return self._run(self._text_fn, params, np.asarray(tokens, np.int32),
+                     trim=lambda t: tokenizer_lib.trim_padding(
+                         t, self.token_bucket, pad_id))
 
   def image(self, params, images: np.ndarray) -> np.ndarray:
     return self._run(self._image_fn, params, np.asarray(images, np.uint8))

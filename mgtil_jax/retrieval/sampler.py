@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from mgtil_jax import reference
+from mgtil_jax import tokenizer as tokenizer_lib
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.retrieval import queries as queries_lib
 from mgtil_jax.retrieval import siphon
@@ -30,17 +31,21 @@ class RetrievalReferenceSource:
   memory: a `memory.RetrievalMemory`; pool: M0 (list of queries.Query);
   descriptions: domain -> phrases; classify_fn(params, texts, domains) ->
   list of domains (zero-shot with the current model), used when
-  cfg.domain_source == 'model'.
+  cfg.domain_source == 'model'. token_bucket: each batch's captions are
+  trimmed to its longest one, rounded up to this multiple
+  (`tokenizer.trim_padding`; None keeps the tokenizer's width).
   """
 
   def __init__(self, memory, *, cfg, tasks, tokenizer, pool, descriptions,
                batch_size: int, seed: int, image_size: int,
-               classify_fn: Callable | None = None):
+               classify_fn: Callable | None = None,
+               token_bucket: int | None = tokenizer_lib.DEFAULT_BUCKET):
     self.memory, self.cfg, self.tasks = memory, cfg, tasks
     self.tokenizer, self.pool = tokenizer, pool
     self.descriptions = descriptions
     self.batch_size, self.seed, self.image_size = batch_size, seed, image_size
     self.classify_fn = classify_fn
+    self.token_bucket = token_bucket
     self.keywords = tuple(cfg.uni_keywords) or queries_lib.MEDICAL_KEYWORDS
     self.task_index = None
     self.rows = self.images = self.tokens = None
@@ -140,7 +145,9 @@ class RetrievalReferenceSource:
                                   self.seed,
                                   stream=reference.REFERENCE_STREAM +
                                   task_index)
-    return {'image': self.images[idx], 'tokens': self.tokens[idx]}
+    tokens = tokenizer_lib.trim_padding(self.tokens[idx], self.token_bucket,
+                                        getattr(self.tokenizer, 'pad_id', 0))
+    return {'image': self.images[idx], 'tokens': tokens}
 
 
 _DONE = object()
