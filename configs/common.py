@@ -124,6 +124,13 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=10,
   ))
 
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      vocab_file='',  # '' = the checkpoint's, or the benchmark's own vocab
+      # Texts are padded to the longest real text of each call, rounded up to
+      # a multiple of this (few compiled shapes; exact under the attention
+      # mask). 0 = always the full context length.
+      bucket=16,
+  ))
   c.eval = ml_collections.ConfigDict(dict(batch_size=256))
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=100,  # plus one at every task boundary

@@ -124,7 +124,8 @@ def build_tokenizer(config, workdir: str, texts=()) -> Tokenizer:
       write_vocab(sorted(words), vocab_file)
     _sync('vocab')
   model_cfg = clip.get_preset(config.model.preset)
-  tok = Tokenizer(vocab_file, model_cfg.text.context_length)
+  tok = Tokenizer(vocab_file, model_cfg.text.context_length,
+                  bucket=config.get('tokenizer', {}).get('bucket', 16))
   if tok.vocab_size > model_cfg.text.vocab_size:
     raise ValueError(f'tokenizer: vocab size {tok.vocab_size} exceeds the '
                      f'model preset {config.model.preset!r} text vocab '
