@@ -283,9 +283,14 @@ def true_scores(vectors, queries, positions):
   safe = np.maximum(positions, 0)
   flat = np.unique(safe)
   table = np.asarray(vectors[flat], np.float32)
-  got = table[np.searchsorted(flat, safe)]  # [Q, k, D]
-  s = np.einsum('qd,qkd->qk', np.asarray(queries, np.float32), got)
-  return np.where(positions >= 0, s, -np.inf).astype(np.float32)
+  where = np.searchsorted(flat, safe)
+  queries = np.asarray(queries, np.float32)
+  s = np.empty(positions.shape, np.float32)
+  step = max(1, 2**24 // max(1, positions.shape[1] * table.shape[1]))
+  for i in range(0, len(queries), step):  # [step, k, D] at a time
+    s[i:i + step] = np.einsum('qd,qkd->qk', queries[i:i + step],
+                              table[where[i:i + step]])
+  return np.where(positions >= 0, s, -np.inf)
 
 
 def recall_at_k(found_scores, truth_scores, k: int,
