@@ -103,8 +103,8 @@ def defaults() -> ml_collections.ConfigDict:
       # A shard of at most this many rows whose target is out of reach
       # within the caps is searched exactly instead (one warning line).
       exact_fallback_rows=1_000_000,
-      # Used only with calibrate=False (values that reach recall@10 0.998
-      # on one synthetic distribution and 0.82 on another, RESULTS.md).
+      # Used only with calibrate=False (values tuned on one synthetic
+      # distribution, recall@10 0.998; 0.93 on two others, RESULTS.md).
       search_fraction=0.02,
       reorder_factor=30,
   ))
