@@ -298,6 +298,35 @@ def bench_calibrated(dist, n, d, num_topics, queries, k, reps, shards,
           'sharded': sharded}
 
 
+def _anon_gb():
+  """Anonymous resident memory (GiB) of this process: without the pages
+  of the memory-mapped input, which the kernel can drop."""
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith('RssAnon:'):
+        return int(line.split()[1]) / 2**20
+  return float('nan')
+
+
+class _PeakAnon:
+  """Samples RssAnon every 0.2 s on a thread; .peak after the block."""
+
+  def __enter__(self):
+    import threading  # pylint: disable=g-import-not-at-top
+    self.peak, self._stop = _anon_gb(), threading.Event()
+    def loop():
+      while not self._stop.wait(0.2):
+        self.peak = max(self.peak, _anon_gb())
+    self._thread = threading.Thread(target=loop, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self.peak = max(self.peak, _anon_gb())
+
+
 def _rss_gb():
   import resource  # pylint: disable=g-import-not-at-top
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -339,8 +368,10 @@ def bench_big(n, d, num_topics, queries, k, reorder_dtype, big_dir, reps):
   params = index_lib.scann_params(n, cfg)
   proc = psutil.Process()
   rss_before = proc.memory_info().rss / 2**30
+  anon_before = _anon_gb()
   t = time.perf_counter()
-  scann = index_lib.ScannSearcher.build(db, params, k)
+  with _PeakAnon() as peak_anon:
+    scann = index_lib.ScannSearcher.build(db, params, k)
   build_s = time.perf_counter() - t
   rss_after_build = proc.memory_info().rss / 2**30
   peak_build = _rss_gb()
@@ -374,6 +405,9 @@ def bench_big(n, d, num_topics, queries, k, reorder_dtype, big_dir, reps):
           'rss_gb_before_build': rss_before,
           'rss_gb_after_build': rss_after_build,
           'peak_rss_gb_build': peak_build, 'peak_rss_gb': _rss_gb(),
+          'anon_gb_before_build': anon_before,
+          'peak_anon_gb_build': peak_anon.peak,
+          'anon_gb_end': _anon_gb(),
           'index_bytes': index_bytes, 'index_bytes_per_entry': index_bytes / n,
           'index_files': files, 'calibration': cal,
           'exact_qps': queries / exact_s, **r,
@@ -600,7 +634,9 @@ def main():
     print(f"big: N={r['n']:,} x {r['dim']} ({r['topics']} topics, top-10 "
           f"cosine {r['top10_cosine']:.2f}), reorder {r['reorder_dtype']}: "
           f"build {r['build_s']:.0f} s, peak RSS {r['peak_rss_gb']:.1f} GiB "
-          f"(input memory-mapped), index {r['index_bytes'] / 1e9:.2f} GB "
+          f"(with the memory-mapped input's pages; anonymous memory peak "
+          f"{r.get('peak_anon_gb_build', float('nan')):.1f} GiB in the "
+          f"build), index {r['index_bytes'] / 1e9:.2f} GB "
           f"({r['index_bytes_per_entry']:.0f} B/entry); calibrated "
           f"{c['leaves_to_search']} of {c['num_leaves']} leaves, reorder "
           f"x{c['reorder_factor']} in {r['calibrate_s']:.0f} s; held-out "
