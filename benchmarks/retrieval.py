@@ -18,7 +18,8 @@ calibrated: build-time calibration (index.calibrate_scann, target recall
   and QPS on held-out queries (another seed than the calibration sample)
   at the calibrated setting and at the uncalibrated defaults, and recall
   after the sharded searcher's top-k merge (build_index with 4 shards).
-big: one default-size index shard (4M x 512, topics distribution, data in a
+big: one default-size index shard (4M x 512; 2M on the shared 23 GiB
+  machine, see RESULTS.md), topics distribution, data in a
   memory-mapped .npy under --big_dir), one reorder dtype per process: build
   time, peak host memory, index bytes, calibrated setting, recall@10 and
   QPS against exact search (NumPy, blocked) on held-out queries.
