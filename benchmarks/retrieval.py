@@ -19,8 +19,8 @@ calibrated: build-time calibration (index.calibrate_scann, target recall
   at the calibrated setting and at the uncalibrated defaults, and recall
   after the sharded searcher's top-k merge (build_index with 4 shards).
 big: one default-size index shard (4M x 512; 2M on the shared 23 GiB
-  machine, see RESULTS.md), topics distribution, data in a
-  memory-mapped .npy under --big_dir), one reorder dtype per process: build
+  machine, see RESULTS.md): topics distribution, data in a
+  memory-mapped .npy under --big_dir, one reorder dtype per process: build
   time, peak host memory, index bytes, calibrated setting, recall@10 and
   QPS against exact search (NumPy, blocked) on held-out queries.
 quality: precision of the reference sets with the contrastively pretrained
