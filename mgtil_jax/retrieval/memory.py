@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 
 import jax
 import numpy as np
@@ -258,11 +259,14 @@ class RetrievalMemory:
       raise ValueError(f'retrieval index {directory} covers other corpus rows '
                        'than the current leakage filter leaves; delete it')
     r = self.index_recall()
-    log.info('retrieval index %s: %d rows in %d shard(s) (%s); estimated '
-             'recall@%d %.3f against exact search (target %.2f, %d '
-             'calibration queries)', directory, len(rows),
-             len(self.index.manifest['shards']), ', '.join(r['kinds']),
-             r['k'], r['estimate'], r['target'], r['queries'])
+    line = (f'retrieval index {directory}: {len(rows)} rows in '
+            f'{len(r["kinds"])} shard(s) ({", ".join(r["kinds"])}); '
+            f'estimated recall@{r["k"]} {r["estimate"]:.3f} against exact '
+            f'search (target {r["target"]:.2f}, {r["queries"]} calibration '
+            'queries)')
+    log.info(line)
+    if self.progress and _is_lead():  # the run log, beside the progress bars
+      print(line, file=sys.stderr, flush=True)
     if not r['reached']:
       log.warning('retrieval index %s: estimated recall@%d %.3f is below the '
                   'target %.2f (see its %s)', directory, r['k'],
