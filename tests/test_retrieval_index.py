@@ -1,5 +1,8 @@
 """Searchers against NumPy brute force; ScaNN recall; sharded merge; saved
-indices and their identity checks."""
+indices and their identity checks; build-time recall calibration (exact
+top-k with held-out copies, tie-aware recall, the calibrated choice against
+fresh queries, the manifest, small-N exact search, unreachable targets,
+recall after the cross-shard merge)."""
 
 import os
 
