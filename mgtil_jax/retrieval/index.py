@@ -151,7 +151,10 @@ class ScannSearcher:
     # exact dot products, which the tie-robust cutoff relies on.
     builder = builder.reorder(k * params['reorder_factor'],
                               quantize=reorder[params['reorder_dtype']])
-    return cls(builder.build(), n, dim, params)
+    from mgtil_jax import logs  # pylint: disable=g-import-not-at-top
+    with logs.quiet_native_stderr():  # ScaNN's C++ INFO lines, unless verbose
+      searcher = builder.build()
+    return cls(searcher, n, dim, params)
 
   def search(self, queries: np.ndarray, k: int, leaves: int | None = None,
              reorder_factor: int | None = None, extra: int = 0):
