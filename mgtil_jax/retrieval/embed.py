@@ -58,13 +58,21 @@ class ClipTowers:
   `text(params, tokens int32[N, L]) -> float32[N, E]` and
   `image(params, images uint8[N, S, S, 3]) -> float32[N, E]`, both
   L2-normalised; any N (padded to `batch_size` internally).
+
+  `batch_size` rows go to each batch shard (device) per call, whatever the
+  device count: XLA picks its kernels by shape, and on CPU the text tower's
+  vectors change in the last bits between 256 and 128 rows per device. With
+  a fixed per-device shape every row is computed by the same program on one
+  process or many, so the vectors, and the retrieval built on them, do not
+  depend on the process count (docs/retrieval.md).
   """
 
   def __init__(self, exp, batch_size: int = 256):
     self.exp = exp
     shards = exp.mesh.shape['data'] * exp.mesh.shape['fsdp']
     unit = int(np.lcm(shards, jax.process_count()))
-    self.batch_size = max(unit, -(-batch_size // unit) * unit)
+    self.per_device = batch_size
+    self.batch_size = -(-batch_size * shards // unit) * unit  # per call
     self.image_size = exp.model.cfg.vision.image_size
     model = exp.model
     repl = sharding.replicated(exp.mesh)
@@ -302,8 +310,11 @@ def embed_corpus(corpus, out_dir: str, *, text_encoder, image_encoder,
       text[i:i + len(part)] = text_encoder.encode_rows(corpus, part)
     image = np.zeros((len(rows), image_encoder.dim), np.float16)
     with_image = rows[corpus.has_image[rows]]
+    # One tower call per chunk (its batch covers every device).
+    chunk = max(batch_size, getattr(getattr(image_encoder, 'towers', None),
+                                    'batch_size', 0))
     for part, images in _chunks(corpus, with_image, image_encoder.image_size,
-                                batch_size, threads):
+                                chunk, threads):
       image[part - rows[0]] = image_encoder.encode(images)
     if not write:
       continue
