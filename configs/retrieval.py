@@ -118,7 +118,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.text_encoder = 'clip'
   c.precomputed = ml_collections.ConfigDict(dict(caption_vectors='',
                                                  query_vectors=''))
-  c.embed_batch_size = 256  # rows per jitted embedding call (all devices)
+  c.embed_batch_size = 256  # rows per device per jitted embedding call (fixed
+                            # per device: same vectors on any process count)
   c.decode_threads = 4      # host threads decoding corpus images
 
   # -------------------------------------------------------------- leakage --

@@ -174,6 +174,12 @@ def test_zero_shot_domains_against_numpy():
     return e / np.linalg.norm(e)
   names = sorted(desc)
   w = np.stack([center(d) for d in names])
-  want = [names[i] for i in np.argmax(text_fn(texts) @ w.T, 1)]
+  scores = text_fn(texts) @ w.T
+  want = [names[i] for i in np.argmax(scores, 1)]
   assert got == want
   assert queries.zero_shot_domains(text_fn, [], desc, templates) == []
+  got, margins = queries.zero_shot_domains(text_fn, texts, desc, templates,
+                                           with_margins=True)
+  assert got == want
+  np.testing.assert_allclose(margins, np.abs(scores[:, 0] - scores[:, 1]),
+                             rtol=1e-9)

@@ -141,7 +141,7 @@ def build_reference_source(exp, batch_size: int) -> RetrievalReferenceSource:
   def classify(params, texts, domains):
     return queries_lib.zero_shot_domains(
         lambda t: towers.text(params, exp.tokenizer(t)), texts,
-        {d: descriptions[d] for d in domains}, templates)
+        {d: descriptions[d] for d in domains}, templates, with_margins=True)
 
   source = RetrievalReferenceSource(
       memory, cfg=cfg, tasks=exp.tasks, tokenizer=exp.tokenizer, pool=pool,

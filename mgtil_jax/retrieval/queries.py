@@ -131,20 +131,22 @@ def task_queries(tasks, upto: int, template: str,
 
 
 def zero_shot_domains(text_fn, texts, descriptions: dict[str, tuple[str, ...]],
-                      templates) -> list[str]:
+                      templates, with_margins: bool = False):
   """Zero-shot domain of each query text: the domain whose prompt embedding
   (normalised mean over its description phrases x prompt templates, CLIP's
   prompt ensembling) has the highest cosine with the query's embedding.
 
   text_fn(list[str]) -> float[N, E] L2-normalised text embeddings (the
-  current model's text tower).
+  current model's text tower). with_margins: also return, per text, the gap
+  between its best and second-best domain cosine (inf with one domain): how
+  far float noise in the model would have to move to change the call.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   domains = sorted(descriptions)
   if not domains:
     raise ValueError('zero-shot domains: no domain to choose from')
   if not texts:
-    return []
+    return ([], np.zeros(0)) if with_margins else []
   prompts, owner = [], []
   for i, d in enumerate(domains):
     for phrase in descriptions[d]:
@@ -156,4 +158,11 @@ def zero_shot_domains(text_fn, texts, descriptions: dict[str, tuple[str, ...]],
   centers = np.stack([emb[owner == i].mean(0) for i in range(len(domains))])
   centers /= np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), 1e-12)
   q = np.asarray(text_fn(list(texts)), np.float64)
-  return [domains[i] for i in np.argmax(q @ centers.T, axis=1)]
+  scores = q @ centers.T
+  out = [domains[i] for i in np.argmax(scores, axis=1)]
+  if not with_margins:
+    return out
+  if len(domains) < 2:
+    return out, np.full(len(out), np.inf)
+  top2 = -np.sort(-scores, axis=1)[:, :2]
+  return out, top2[:, 0] - top2[:, 1]

@@ -29,8 +29,8 @@ class RetrievalReferenceSource:
 
   memory: a `memory.RetrievalMemory`; pool: M0 (list of queries.Query);
   descriptions: domain -> phrases; classify_fn(params, texts, domains) ->
-  list of domains (zero-shot with the current model), used when
-  cfg.domain_source == 'model'.
+  list of domains, or (domains, margins) (zero-shot with the current model,
+  queries.zero_shot_domains), used when cfg.domain_source == 'model'.
   """
 
   def __init__(self, memory, *, cfg, tasks, tokenizer, pool, descriptions,
@@ -43,6 +43,7 @@ class RetrievalReferenceSource:
     self.classify_fn = classify_fn
     self.keywords = tuple(cfg.uni_keywords) or queries_lib.MEDICAL_KEYWORDS
     self.task_index = None
+    self.domain_margin = None  # smallest best-vs-second domain gap
     self.rows = self.images = self.tokens = None
     self.stats = None
 
@@ -72,8 +73,12 @@ class RetrievalReferenceSource:
                        f"'pool', got {self.cfg.domain_source!r}")
     if self.classify_fn is None:
       raise ValueError('retrieval: domain_source=model needs a classifier')
-    return list(self.classify_fn(params, [q.text for q in self.pool],
-                                 sorted(self.descriptions)))
+    out = self.classify_fn(params, [q.text for q in self.pool],
+                           sorted(self.descriptions))
+    if isinstance(out, tuple):
+      out, margins = out
+      self.domain_margin = float(np.min(margins)) if len(margins) else None
+    return list(out)
 
   # ------------------------------------------------------------ interface --
 
@@ -105,6 +110,11 @@ class RetrievalReferenceSource:
           domains))}
       plan.stats['earlier_domains'] = sorted({t.domain for t in
                                               self.tasks[:task_index]})
+      if self.domain_margin is not None:
+        # The closest zero-shot call: domains of later tasks come from the
+        # trained teacher, equal across process counts only to float
+        # rounding (docs/retrieval.md).
+        plan.stats['domain_margin'] = self.domain_margin
     else:
       raise ValueError(f"config.retrieval.mode: expected 'dyn' or 'uni', got "
                        f'{cfg.mode!r}')
