@@ -28,9 +28,10 @@ class RetrievalReferenceSource:
   """PRIMED's reference sets, one per task.
 
   memory: a `memory.RetrievalMemory`; pool: M0 (list of queries.Query);
-  descriptions: domain -> phrases; classify_fn(params, texts, domains) ->
-  list of domains, or (domains, margins) (zero-shot with the current model,
-  queries.zero_shot_domains), used when cfg.domain_source == 'model'.
+  descriptions: domain -> phrases; classify_fn(params, texts, domains,
+  prior) -> list of domains, or (domains, margins) (zero-shot with the
+  current model, queries.zero_shot_domains; prior = the pool's labels, kept
+  on ties), used when cfg.domain_source == 'model'.
   """
 
   def __init__(self, memory, *, cfg, tasks, tokenizer, pool, descriptions,
@@ -43,7 +44,7 @@ class RetrievalReferenceSource:
     self.classify_fn = classify_fn
     self.keywords = tuple(cfg.uni_keywords) or queries_lib.MEDICAL_KEYWORDS
     self.task_index = None
-    self.domain_margin = None  # smallest best-vs-second domain gap
+    self.domain_margin = None  # the closest zero-shot domain call
     self.rows = self.images = self.tokens = None
     self.stats = None
 
@@ -74,7 +75,8 @@ class RetrievalReferenceSource:
     if self.classify_fn is None:
       raise ValueError('retrieval: domain_source=model needs a classifier')
     out = self.classify_fn(params, [q.text for q in self.pool],
-                           sorted(self.descriptions))
+                           sorted(self.descriptions),
+                           [q.domain for q in self.pool])
     if isinstance(out, tuple):
       out, margins = out
       self.domain_margin = float(np.min(margins)) if len(margins) else None
