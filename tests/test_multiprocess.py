@@ -64,7 +64,9 @@ def _results(workdir):
 
 def _reference_stats(workdir):
   """The reference-set stats of each task (latest checkpoint's metadata)."""
-  steps = sorted(glob.glob(os.path.join(workdir, 'checkpoints', '*')),
+  steps = sorted((p for p in glob.glob(os.path.join(workdir, 'checkpoints',
+                                                    '*'))
+                  if os.path.basename(p).isdigit()),
                  key=lambda p: int(os.path.basename(p)))
   with open(os.path.join(steps[-1], 'meta', 'metadata')) as f:
     return json.load(f).get('reference', [])
