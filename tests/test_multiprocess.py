@@ -20,16 +20,17 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'configs/mgtil_synth.py:runlocal,tasks=2'
 # Methods with host-side state: the reference set of the retrieval memory
-# (primed, primed_uni), a fixed corpus reference set (zscl). One `--compare`
-# run per process count keeps the cost at one process start-up and one
-# pretraining; each method still compiles its own step, so the test costs
-# about six 2-task runs. ewc (Fisher diagonal) is next to add once its
-# 2-process run has been compared here. icarl (herded
+# (primed, primed_uni), a fixed corpus reference set (zscl), the Fisher
+# diagonal (ewc). One `--compare` run per process count keeps the cost at
+# one process start-up and one pretraining; each method still compiles its
+# own step, so the test costs about eight 2-task runs. icarl (herded
 # exemplars) belongs here too, but its 2-process run stops today at the
 # task end: train.select_exemplars fetches a jit output that spans both
-# processes' devices. The adapter methods' task-end passes
+# processes' devices (with out_shardings=exp.replicated_sharding on that jit
+# it runs and matches: same exemplars and metrics). The adapter methods'
+# task-end passes
 # (train.adapter_task_end) fetch the same way and are not covered yet.
-HOST_STATE_METHODS = ('primed', 'primed_uni', 'zscl')
+HOST_STATE_METHODS = ('primed', 'primed_uni', 'zscl', 'ewc')
 
 
 def _env():
