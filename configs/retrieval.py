@@ -43,6 +43,12 @@ def defaults() -> ml_collections.ConfigDict:
   # 'model': domain of each M0 query by zero-shot text classification with
   # the current model (the paper); 'pool': trust the pool's domain column.
   c.domain_source = 'model'
+  # Domains scoring within this cosine of the best are a tie the model cannot
+  # decide; the query keeps its pool label (if tied) or the first tied
+  # domain by name. Trained weights on more processes differ by float
+  # rounding; this keeps such noise from moving near-tied queries between
+  # levels (docs/retrieval.md).
+  c.domain_tolerance = 1e-4
   # domain -> phrases describing it (prompts for zero-shot domain
   # classification; the first one is the modality of task-level queries).
   # {} = the benchmark's defaults (synthetic modality phrases, or the name).
@@ -139,7 +145,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.text_encoder = 'clip'
   c.precomputed = ml_collections.ConfigDict(dict(caption_vectors='',
                                                  query_vectors=''))
-  c.embed_batch_size = 256  # rows per jitted embedding call (all devices)
+  c.embed_batch_size = 256  # rows per device per jitted embedding call (fixed
+                            # per device: same vectors on any process count)
   c.decode_threads = 4      # host threads decoding corpus images
 
   # -------------------------------------------------------------- leakage --

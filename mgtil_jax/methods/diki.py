@@ -19,7 +19,8 @@ class Diki(adapter.Adapters):
     model = exp.model
     with exp.context():
       feats_fn = jax.jit(lambda p, x: adapters.calibration_features(
-          model, p, adapter.preprocess(x)))
+          model, p, adapter.preprocess(x)),
+                         out_shardings=exp.replicated_sharding)
       feats = np.concatenate([np.asarray(feats_fn(params, images))
                               for images in adapter.task_images(exp, t)])
       params = adapters.set_calibration(params, t,

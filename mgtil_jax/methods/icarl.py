@@ -70,8 +70,11 @@ def herding(features: np.ndarray, m: int) -> list[int]:
 
 def select_exemplars(exp, params, task) -> list[int]:
   """Herding per class on the image features of the model after the task."""
+  # Replicated out: on several processes a batch-sharded output spans
+  # devices this host cannot read.
   encode = jax.jit(lambda p, x: exp.model.apply(
-      {'params': p}, tasks_lib.preprocess(x), method=clip.CLIP.encode_image))
+      {'params': p}, tasks_lib.preprocess(x), method=clip.CLIP.encode_image),
+                   out_shardings=exp.replicated_sharding)
   feats = []
   with exp.context():
     for images in chunks(task.train_images, exp.config.eval.batch_size):

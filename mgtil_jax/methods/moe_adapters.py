@@ -18,7 +18,8 @@ class MoE(adapter.Adapters):
     model = exp.model
     with exp.context():
       counts_fn = jax.jit(lambda p, x, tok: adapters.expert_counts(
-          model, p, adapter.preprocess(x), tok, t))
+          model, p, adapter.preprocess(x), tok, t),
+                          out_shardings=exp.replicated_sharding)
       counts = None
       for images in adapter.task_images(exp, t):
         c = jax.device_get(counts_fn(params, images, prompts))

@@ -58,9 +58,16 @@ class ClipTowers:
 
   `text(params, tokens int32[N, L]) -> float32[N, E]` and
   `image(params, images uint8[N, S, S, 3]) -> float32[N, E]`, both
-  L2-normalised; any N (padded to `batch_size` internally). Each text batch
-  runs at its longest caption rounded up to `token_bucket` tokens
+  L2-normalised; any N (padded to `batch_size` internally). Texts run at
+  the longest caption of the whole call rounded up to `token_bucket` tokens
   (`tokenizer.trim_padding`), not at the context length.
+
+  `batch_size` rows go to each batch shard (device) per call, whatever the
+  device count: XLA picks its kernels by shape, and on CPU the text tower's
+  vectors change in the last bits between 256 and 128 rows per device. With
+  a fixed per-device shape every row is computed by the same program on one
+  process or many, so the vectors, and the retrieval built on them, do not
+  depend on the process count (docs/retrieval.md).
   """
 
   def __init__(self, exp, batch_size: int = 256,
@@ -68,7 +75,8 @@ class ClipTowers:
     self.exp = exp
     shards = exp.mesh.shape['data'] * exp.mesh.shape['fsdp']
     unit = int(np.lcm(shards, jax.process_count()))
-    self.batch_size = max(unit, -(-batch_size // unit) * unit)
+    self.per_device = batch_size
+    self.batch_size = -(-batch_size * shards // unit) * unit  # per call
     self.image_size = exp.model.cfg.vision.image_size
     self.token_bucket = token_bucket
     model = exp.model
@@ -91,7 +99,7 @@ class ClipTowers:
 
     self._image_fn, self._text_fn = image_fn, text_fn
 
-  def _run(self, fn, params, x: np.ndarray, trim=None) -> np.ndarray:
+  def _run(self, fn, params, x: np.ndarray) -> np.ndarray:
     n, bs = len(x), self.batch_size
     out = []
     with self.exp.context():
@@ -101,8 +109,6 @@ class ClipTowers:
         if pad:
           chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
                                                   chunk.dtype)])
-        if trim is not None:
-          chunk = trim(chunk)
         y = fn(params, self.exp.put_batch({'x': chunk})['x'])
         out.append(np.asarray(jax.device_get(y))[:bs - pad])
     if not out:
@@ -110,10 +116,12 @@ class ClipTowers:
     return np.concatenate(out).astype(np.float32)
 
   def text(self, params, tokens: np.ndarray) -> np.ndarray:
-    pad_id = self.exp.model.cfg.text.pad_id
-    return self._run(self._text_fn, params, np.asarray(tokens, np.int32),
-                     trim=lambda t: tokenizer_lib.trim_padding(
-                         t, self.token_bucket, pad_id))
+    # Trimmed over the whole call, not per chunk: a chunk's rows depend on
+    # the device count, and its width must not (docs/retrieval.md).
+    tokens = tokenizer_lib.trim_padding(np.asarray(tokens, np.int32),
+                                        self.token_bucket,
+                                        self.exp.model.cfg.text.pad_id)
+    return self._run(self._text_fn, params, tokens)
 
   def image(self, params, images: np.ndarray) -> np.ndarray:
     return self._run(self._image_fn, params, np.asarray(images, np.uint8))
@@ -312,8 +320,11 @@ def embed_corpus(corpus, out_dir: str, *, text_encoder, image_encoder,
       text[i:i + len(part)] = text_encoder.encode_rows(corpus, part)
     image = np.zeros((len(rows), image_encoder.dim), np.float16)
     with_image = rows[corpus.has_image[rows]]
+    # One tower call per chunk (its batch covers every device).
+    chunk = max(batch_size, getattr(getattr(image_encoder, 'towers', None),
+                                    'batch_size', 0))
     for part, images in _chunks(corpus, with_image, image_encoder.image_size,
-                                batch_size, threads):
+                                chunk, threads):
       image[part - rows[0]] = image_encoder.encode(images)
     if not write:
       continue

@@ -29,11 +29,12 @@ class RetrievalReferenceSource:
   """PRIMED's reference sets, one per task.
 
   memory: a `memory.RetrievalMemory`; pool: M0 (list of queries.Query);
-  descriptions: domain -> phrases; classify_fn(params, texts, domains) ->
-  list of domains (zero-shot with the current model), used when
-  cfg.domain_source == 'model'. token_bucket: each batch's captions are
-  trimmed to its longest one, rounded up to this multiple
-  (`tokenizer.trim_padding`; None keeps the tokenizer's width).
+  descriptions: domain -> phrases; classify_fn(params, texts, domains,
+  prior) -> list of domains, or (domains, margins) (zero-shot with the
+  current model, queries.zero_shot_domains; prior = the pool's labels, kept
+  on ties), used when cfg.domain_source == 'model'. token_bucket: each
+  batch's captions are trimmed to its longest one, rounded up to this
+  multiple (`tokenizer.trim_padding`; None keeps the tokenizer's width).
   """
 
   def __init__(self, memory, *, cfg, tasks, tokenizer, pool, descriptions,
@@ -48,6 +49,7 @@ class RetrievalReferenceSource:
     self.token_bucket = token_bucket
     self.keywords = tuple(cfg.uni_keywords) or queries_lib.MEDICAL_KEYWORDS
     self.task_index = None
+    self.domain_margin = None  # the closest zero-shot domain call
     self.rows = self.images = self.tokens = None
     self.stats = None
 
@@ -77,8 +79,13 @@ class RetrievalReferenceSource:
                        f"'pool', got {self.cfg.domain_source!r}")
     if self.classify_fn is None:
       raise ValueError('retrieval: domain_source=model needs a classifier')
-    return list(self.classify_fn(params, [q.text for q in self.pool],
-                                 sorted(self.descriptions)))
+    out = self.classify_fn(params, [q.text for q in self.pool],
+                           sorted(self.descriptions),
+                           [q.domain for q in self.pool])
+    if isinstance(out, tuple):
+      out, margins = out
+      self.domain_margin = float(np.min(margins)) if len(margins) else None
+    return list(out)
 
   # ------------------------------------------------------------ interface --
 
@@ -110,6 +117,11 @@ class RetrievalReferenceSource:
           domains))}
       plan.stats['earlier_domains'] = sorted({t.domain for t in
                                               self.tasks[:task_index]})
+      if self.domain_margin is not None:
+        # The closest zero-shot call: domains of later tasks come from the
+        # trained teacher, equal across process counts only to float
+        # rounding (docs/retrieval.md).
+        plan.stats['domain_margin'] = self.domain_margin
     else:
       raise ValueError(f"config.retrieval.mode: expected 'dyn' or 'uni', got "
                        f'{cfg.mode!r}')
