@@ -195,7 +195,7 @@ def validate(config, workdir: str | None = None):
   init = _get(config, 'model.init')
   if init is not _MISSING and init not in ('random', 'pretrain') and not (
       isinstance(init, str) and os.path.exists(init)):
-    raise UserFileError(f"config.model.init: expected 'random', 'pretrain' "
-                        f'or an existing checkpoint path, got {init!r}')
+    raise UserFileError(f'config.model.init: no such path {init!r}; expected '
+                        "'random', 'pretrain' or an existing checkpoint path")
   if workdir is not None:
     check_workdir(workdir)

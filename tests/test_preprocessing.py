@@ -21,7 +21,9 @@ def _pil_resize_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize('shape', [(100, 33), (33, 100), (90, 34), (34, 90),
-                                   (60, 50), (50, 60), (48, 47), (200, 70)])
+                                   (60, 50), (50, 60), (48, 47), (200, 70),
+                                   # upscales (shortest side below 32)
+                                   (20, 27), (27, 20), (8, 40), (31, 12)])
 def test_resize_crop_matches_pil(shape):
   image = np.random.default_rng(sum(shape)).integers(
       0, 256, shape + (3,), dtype=np.uint8)
@@ -40,7 +42,10 @@ ORDERS = [((100, 100, 40, 80), True), ((100, 100, 41, 70), False),
           ((100, 100, 39, 70), True), ((100, 100, 40, 70), False),
           ((1000, 333, 672, 224), True), ((500, 400, 280, 224), False),
           ((100, 50, 50, 80), True), ((100, 50, 120, 40), False),
-          ((700, 100, 1568, 224), False), ((333, 1000, 224, 672), False)]
+          ((700, 100, 1568, 224), False), ((333, 1000, 224, 672), False),
+          # upscales: horizontal first, though the old rule said vertical
+          ((20, 27, 32, 43), False), ((8, 8, 32, 32), False),
+          ((20, 8, 32, 13), False)]
 
 
 @pytest.mark.parametrize('sizes,vertical', ORDERS)

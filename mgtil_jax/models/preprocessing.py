@@ -108,7 +108,9 @@ def vertical_first(height: int, width: int, new_height: int, new_width: int,
   """Whether PIL's two-pass resize does the vertical pass first."""
   if (pillow_major or PILLOW_MAJOR) < 13:
     return False
-  return height - new_height > 2 * (width - new_width)
+  # Only a height that shrinks: upscales keep the horizontal-first order
+  # (measured against Pillow 13.0.0 on 307 shapes where the orders differ).
+  return new_height < height and height - new_height > 2 * (width - new_width)
 
 
 def _resize(images, shape, quantize: bool, pillow_major: int | None = None):
