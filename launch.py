@@ -4,6 +4,9 @@ r"""The one entry point.
   python launch.py --config configs/mgtil_synth.py:method=l2 --workdir runs/l2
   python launch.py --config configs/mgtil_synth.py --workdir runs/compare \
       --compare=all         # every method, then a comparison table
+  python launch.py --config configs/mgtil_synth.py --workdir runs/compare \
+      --compare=ft,zscl,primed --seeds=3   # workdir/seed_<seed>/<method>,
+                            # mean ± std, 95% CIs, paired differences
 
 Multi-host (GPU/TPU pods): pass --multihost on every host; it calls
 `jax.distributed.initialize()` before any device is touched (on TPU and
@@ -23,6 +26,10 @@ _WORKDIR = flags.DEFINE_string('workdir', 'runs/default',
 _COMPARE = flags.DEFINE_string(
     'compare', None, "Run several methods ('all' or a comma-separated list) "
     'in workdir/<method> and write comparison.{md,json,png}.')
+_SEEDS = flags.DEFINE_integer(
+    'seeds', None, 'Run each method (or the one run) with this many seeds, '
+    'config.seed, config.seed + 1, ..., in workdir/seed_<seed>/<method>, and '
+    'tabulate mean ± std and CIs (default: config.seeds, else 1).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False,
                                'Call jax.distributed.initialize() first.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
@@ -47,9 +54,10 @@ def main(argv):
   import logging as std_logging  # pylint: disable=g-import-not-at-top
   std_logging.getLogger('bm25s').setLevel(std_logging.WARNING)
   from mgtil_jax import compare, train  # pylint: disable=g-import-not-at-top
-  if _COMPARE.value:
-    compare.compare(_CONFIG.value, _WORKDIR.value,
-                    compare.parse_methods(_COMPARE.value))
+  seeds = (_CONFIG.value.get('seeds', 1) if _SEEDS.value is None
+           else _SEEDS.value)
+  if _COMPARE.value or seeds != 1:  # exits 1 if any run failed
+    return compare.main(_CONFIG.value, _WORKDIR.value, _COMPARE.value, seeds)
   else:
     train.run(_CONFIG.value, _WORKDIR.value)
 
