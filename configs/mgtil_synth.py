@@ -21,6 +21,7 @@ def get_config(arg=None):
                        steps=120, tasks=0, runlocal=False)
   c = common.base_config()
   c.method = a.method
+  c.seeds = 1  # runs per method (seeds c.seed, c.seed + 1, ...); --seeds
 
   c.data = dict(
       name='mgtil_synth',
@@ -41,6 +42,9 @@ def get_config(arg=None):
       lr=1e-3,
       warmup_steps=50,
       weight_decay=0.05,
+      # The corpus generator's version (mgtil_jax/data/synth.py VERSION):
+      # part of the pretraining cache's key, so an older model is not reused.
+      corpus_version=2,
   )
   c.train.steps_per_task = a.steps
   c.train.batch_size = 32

@@ -5,9 +5,23 @@ radiographs, pink H&E-like histology, orange fundus photographs), each with
 three tasks of fine-grained findings that differ in shape, count, size,
 position, colour or texture. Class names are clinical words, so a CLIP model
 can classify them zero-shot from prompts. A "literature" corpus of
-image-caption pairs drawn from the same generator (captions such as
-"A fundus photograph of exudates.") plus distractor figures (charts, tables)
-lets a tiny CLIP be pretrained so that it starts above chance.
+image-caption pairs (captions such as "A fundus photograph of exudates.")
+plus distractor figures (charts, tables) lets a tiny CLIP be pretrained so
+that it starts above chance.
+
+The corpus carries knowledge of the findings the way real literature does,
+which is what keeps zero-shot well below the fine-tuning ceiling (the regime
+of MGTIL; the measured numbers are in configs/mgtil_synth.py):
+- acquisition shift: every task's images pass through their own scanner
+  (gamma, colour cast, blur, zoom, noise; `acquisition`), the corpus's
+  textbook figures through a neutral one;
+- partial coverage: within each task one finding is well covered, one
+  sparsely and the others rarely (`CORPUS_COVERAGE`);
+- noisy captions: some name only the modality, a few a wrong finding of the
+  same domain;
+- subtle cases: task images show a finding at a random severity, a share of
+  them barely visible (`SUBTLE_FRACTION`), which bounds single-task accuracy
+  below 100%; the corpus shows clear cases.
 
 Everything is a deterministic function of (seed, name): nothing is
 downloaded. Images are uint8[N, S, S, 3].
@@ -20,6 +34,11 @@ import zlib
 from typing import Callable, Sequence
 
 import numpy as np
+
+# Bumped whenever the generator's output changes; part of the data caches'
+# keys (mgtil_jax/data/tasks.py), so a cache of an older generator is rebuilt.
+# 2: acquisition shift, subtle cases, partial coverage, noisy captions.
+VERSION = 2
 
 # ----------------------------------------------------------------- drawing --
 
@@ -410,13 +429,89 @@ def _rng(seed: int, *names) -> np.random.Generator:
   return np.random.default_rng(key)
 
 
-def render(task: Task, label: int, rng, size: int) -> np.ndarray:
+# ------------------------------------------------------------ acquisition --
+# Each task's images come from their own "scanner"; the corpus's figures from
+# a neutral one. The shift is what a model pretrained on the literature meets
+# at a new site, and what fine-tuning on one task adapts to (and away from).
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquisition:
+  gamma: float = 1.0
+  gain: tuple[float, float, float] = (1.0, 1.0, 1.0)  # colour cast
+  offset: float = 0.0
+  blur: float = 0.0        # Gaussian sigma, in units of the image side
+  zoom: float = 1.0        # > 1 magnifies about the centre
+  noise: float = 0.025     # per-pixel Gaussian sigma
+
+  def apply(self, img: np.ndarray, rng) -> np.ndarray:
+    from scipy import ndimage  # pylint: disable=g-import-not-at-top
+    size = img.shape[0]
+    if self.zoom != 1.0:
+      c = (size - 1) / 2
+      scale = 1.0 / self.zoom
+      img = np.stack([ndimage.affine_transform(
+          img[..., k], np.diag([scale, scale]),
+          offset=c - scale * c, order=1, mode='nearest')
+                      for k in range(3)], -1)
+    if self.blur > 0:
+      img = ndimage.gaussian_filter(img, (self.blur * size, self.blur * size,
+                                          0), mode='nearest')
+    img = np.clip(img, 0, 1) ** self.gamma
+    img = img * np.asarray(self.gain, np.float32) + self.offset
+    img = img + rng.normal(0, self.noise, img.shape[:2])[..., None]
+    return img.astype(np.float32)
+
+
+NEUTRAL = Acquisition()
+
+
+# How far each task's scanner is from the corpus's neutral one (0 = none).
+SHIFT = 1.0
+
+
+def acquisition(task_name: str) -> Acquisition:
+  """The task's scanner: a deterministic function of the task's name alone
+  (a dataset keeps its site whatever the benchmark's seed)."""
+  rng = _rng(0, 'acquisition', task_name)
+  gain = rng.uniform(0.7, 1.25, 3)
+  if TASKS[task_name].domain == 'xray':  # radiographs stay grayscale
+    gain[:] = gain.mean()
+  gamma = rng.uniform(np.log(0.55), np.log(1.8))
+  offset = rng.uniform(-0.08, 0.08)
+  blur = rng.uniform(0.0, 0.025)
+  zoom = rng.uniform(0.85, 1.2)
+  noise = rng.uniform(0.04, 0.08)
+  return Acquisition(
+      gamma=float(np.exp(SHIFT * gamma)),
+      gain=tuple(float(1 + SHIFT * (g - 1)) for g in gain),
+      offset=float(SHIFT * offset),
+      blur=float(SHIFT * blur),
+      zoom=float(1 + SHIFT * (zoom - 1)),
+      noise=float(noise))
+
+
+# Task images show a finding at a random severity; this share of them is
+# subtle (severity in [0, SUBTLE_MAX)), the rest clear ([0.6, 1]). The corpus
+# shows textbook cases only.
+SUBTLE_FRACTION = 0.2
+SUBTLE_MAX = 0.3
+
+
+def render(task: Task, label: int, rng, size: int,
+           acq: Acquisition | None = None, subtle: bool = True) -> np.ndarray:
+  """One image of `task`'s class `label`; `acq` defaults to the task's own
+  scanner, `subtle` draws the finding at a random severity."""
   domain = DOMAINS[task.domain]
   cv = Canvas(size, 0.0)
   ctx = domain.background(cv, rng)
+  before = cv.img.copy()
   task.draw[label](cv, ctx, rng)
-  cv.add(rng.normal(0, 0.025, cv.img.shape[:2]).astype(np.float32),
-         [1.0, 1.0, 1.0])
+  if subtle:
+    severity = (rng.uniform(0, SUBTLE_MAX) if rng.uniform() < SUBTLE_FRACTION
+                else rng.uniform(0.6, 1.0))
+    cv.img = before + severity * (cv.img - before)
+  cv.img = (acquisition(task.name) if acq is None else acq).apply(cv.img, rng)
   return cv.to_uint8()
 
 
@@ -443,6 +538,13 @@ CAPTION_TEMPLATES = (
     'Representative {modality} demonstrating {finding}.',
 )
 
+# Captions that name the modality but no finding (a figure's panel label).
+UNINFORMATIVE_TEMPLATES = (
+    '{Modality} from the case series.',
+    'Follow-up {modality}.',
+    'Additional {modality} of the same patient.',
+)
+
 DISTRACTOR_CAPTIONS = (
     'Flowchart of patient selection and study enrolment.',
     'Kaplan-Meier survival curve of the two treatment groups.',
@@ -451,6 +553,20 @@ DISTRACTOR_CAPTIONS = (
     'Schematic diagram of the proposed network architecture.',
     'Photograph of the surgical instruments used in the procedure.',
 )
+
+# Share of a finding's `per_class` corpus figures, by how well the
+# literature covers it: in each task one finding is common, one sparse and
+# the others rare (which one is which is fixed by the task's name).
+CORPUS_COVERAGE = (1.0, 0.5, 0.25)
+UNINFORMATIVE_FRACTION = 0.15  # captions that name no finding
+MISLABELLED_FRACTION = 0.05   # captions that name another finding of the domain
+
+
+def coverage(task: Task) -> tuple[float, ...]:
+  """The corpus share of each of `task`'s findings (CORPUS_COVERAGE)."""
+  rank = _rng(0, 'coverage', task.name).permutation(len(task.class_names))
+  return tuple(CORPUS_COVERAGE[min(int(r), len(CORPUS_COVERAGE) - 1)]
+               for r in rank)
 
 
 def _distractor_image(rng, size):
@@ -470,22 +586,25 @@ class Corpus:
   images: np.ndarray  # uint8[N, S, S, 3]
   captions: list[str]
   domains: list[str]  # '' for distractors
-  findings: list[str]  # '' for distractors
+  findings: list[str]  # the finding drawn; '' for distractors
+  named: list[str]  # the finding the caption names; '' if none
 
 
 def make_corpus(per_class: int, size: int, seed: int,
-                distractor_fraction: float = 0.15,
+                distractor_fraction: float = 0.25,
                 tasks: Sequence[str] | None = None) -> Corpus:
-  """The 'literature': image-caption pairs for every finding of every task,
-  with varied captions, plus chart/table distractors. Interleaved so that any
-  prefix covers all findings."""
+  """The 'literature': image-caption pairs for the findings of every task
+  in proportion to `coverage` (at least one figure each), with varied and
+  partly noisy captions, plus chart/table distractors. Shuffled, so any
+  prefix covers the findings in proportion."""
   rng = _rng(seed, 'corpus')
   chosen = [TASKS[t] for t in (tasks or TASKS)]
-  items = [(t, y) for _ in range(per_class) for t in chosen
-           for y in range(len(t.class_names))]
+  items = [(t, y) for t in chosen
+           for y, share in enumerate(coverage(t))
+           for _ in range(max(1, int(round(per_class * share))))]
   n_distract = int(round(len(items) * distractor_fraction /
                          (1 - distractor_fraction)))
-  images, captions, domains, findings = [], [], [], []
+  images, captions, domains, findings, named = [], [], [], [], []
   order = rng.permutation(len(items) + n_distract)
   for i in order:
     if i >= len(items):
@@ -493,24 +612,36 @@ def make_corpus(per_class: int, size: int, seed: int,
       captions.append(str(rng.choice(DISTRACTOR_CAPTIONS)))
       domains.append('')
       findings.append('')
+      named.append('')
       continue
     task, y = items[i]
     modality = str(rng.choice(DOMAINS[task.domain].modality))
     finding = task.class_names[y]
-    template = str(rng.choice(CAPTION_TEMPLATES))
+    u = rng.uniform()
+    if u < UNINFORMATIVE_FRACTION:
+      template, name = str(rng.choice(UNINFORMATIVE_TEMPLATES)), ''
+    else:
+      template = str(rng.choice(CAPTION_TEMPLATES))
+      name = finding
+      if u < UNINFORMATIVE_FRACTION + MISLABELLED_FRACTION:
+        others = [c for t in TASKS.values() if t.domain == task.domain
+                  for c in t.class_names if c != finding]
+        name = str(rng.choice(others))
     captions.append(template.format(
-        modality=modality, Modality=modality.capitalize(), finding=finding,
-        Finding=finding.capitalize()))
-    images.append(render(task, y, rng, size))
+        modality=modality, Modality=modality.capitalize(), finding=name,
+        Finding=name.capitalize()))
+    images.append(render(task, y, rng, size, acq=NEUTRAL, subtle=False))
     domains.append(task.domain)
     findings.append(finding)
-  return Corpus(np.stack(images), captions, domains, findings)
+    named.append(name)
+  return Corpus(np.stack(images), captions, domains, findings, named)
 
 
 def vocabulary() -> list[str]:
   """Every word the benchmark's captions and prompts can contain."""
   import re
-  texts = list(DISTRACTOR_CAPTIONS) + list(CAPTION_TEMPLATES)
+  texts = (list(DISTRACTOR_CAPTIONS) + list(CAPTION_TEMPLATES) +
+           list(UNINFORMATIVE_TEMPLATES))
   for d in DOMAINS.values():
     texts += list(d.modality)
   for t in TASKS.values():

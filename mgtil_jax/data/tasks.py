@@ -77,7 +77,7 @@ def _synth_tasks(data_cfg, cache_dir: str | None) -> list[TaskData]:
     task = synth.TASKS[name]
     spec = dict(task=name, size=data_cfg.image_size, seed=data_cfg.seed,
                 train=data_cfg.train_per_class, test=data_cfg.test_per_class,
-                version=1)
+                version=synth.VERSION)
 
     def build(task=task):
       tr = synth.make_split(task, 'train', data_cfg.train_per_class,
@@ -96,7 +96,7 @@ def _synth_tasks(data_cfg, cache_dir: str | None) -> list[TaskData]:
 def synth_corpus(data_cfg, per_class: int, cache_dir: str | None):
   """The synthetic 'literature' corpus: (uint8 images, captions)."""
   spec = dict(size=data_cfg.image_size, seed=data_cfg.seed,
-              per_class=per_class, version=1)
+              per_class=per_class, version=synth.VERSION)
 
   def build():
     c = synth.make_corpus(per_class, data_cfg.image_size, data_cfg.seed)
