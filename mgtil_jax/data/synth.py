@@ -9,19 +9,20 @@ image-caption pairs (captions such as "A fundus photograph of exudates.")
 plus distractor figures (charts, tables) lets a tiny CLIP be pretrained so
 that it starts above chance.
 
-The corpus carries knowledge of the findings the way real literature does,
-which is what keeps zero-shot well below the fine-tuning ceiling (the regime
-of MGTIL; the measured numbers are in configs/mgtil_synth.py):
+How the corpus relates to the tasks is a `Regime` (config.data.regime).
+'same_scanner' (the default) renders corpus and tasks alike, so zero-shot
+is already strong. 'shifted' carries knowledge of the findings the way real
+literature does, to bring zero-shot well below fine-tuning (the regime of
+MGTIL; not yet calibrated, see benchmarks/RESULTS.md):
 - acquisition shift: every task's images pass through their own scanner
   (gamma, colour cast, blur, zoom, noise; `acquisition`), the corpus's
   textbook figures through a neutral one;
-- partial coverage: within each task one finding is well covered, one
-  sparsely and the others rarely (`CORPUS_COVERAGE`);
+- partial coverage: within each task one finding is well covered, one less
+  and the others rarely (`coverage`);
 - noisy captions: some name only the modality, a few a wrong finding of the
   same domain;
-- subtle cases: task images show a finding at a random severity, a share of
-  them barely visible (`SUBTLE_FRACTION`), which bounds single-task accuracy
-  below 100%; the corpus shows clear cases.
+- subtle cases: a share of task images shows its finding barely visible,
+  which bounds single-task accuracy below 100%; the corpus shows clear cases.
 
 Everything is a deterministic function of (seed, name): nothing is
 downloaded. Images are uint8[N, S, S, 3].
@@ -37,7 +38,7 @@ import numpy as np
 
 # Bumped whenever the generator's output changes; part of the data caches'
 # keys (mgtil_jax/data/tasks.py), so a cache of an older generator is rebuilt.
-# 2: acquisition shift, subtle cases, partial coverage, noisy captions.
+# 2: regimes ('same_scanner' renders as version 1 did).
 VERSION = 2
 
 # ----------------------------------------------------------------- drawing --
@@ -457,22 +458,21 @@ class Acquisition:
     if self.blur > 0:
       img = ndimage.gaussian_filter(img, (self.blur * size, self.blur * size,
                                           0), mode='nearest')
-    img = np.clip(img, 0, 1) ** self.gamma
-    img = img * np.asarray(self.gain, np.float32) + self.offset
-    img = img + rng.normal(0, self.noise, img.shape[:2])[..., None]
-    return img.astype(np.float32)
+    if (self.gamma, self.gain, self.offset) != (1.0, (1.0, 1.0, 1.0), 0.0):
+      img = np.clip(img, 0, 1) ** self.gamma
+      img = img * np.asarray(self.gain, np.float32) + self.offset
+    noise = rng.normal(0, self.noise, img.shape[:2]).astype(np.float32)
+    img = img + noise[..., None]
+    return img
 
 
 NEUTRAL = Acquisition()
 
 
-# How far each task's scanner is from the corpus's neutral one (0 = none).
-SHIFT = 1.0
-
-
-def acquisition(task_name: str) -> Acquisition:
+def acquisition(task_name: str, shift: float = 1.0) -> Acquisition:
   """The task's scanner: a deterministic function of the task's name alone
-  (a dataset keeps its site whatever the benchmark's seed)."""
+  (a dataset keeps its site whatever the benchmark's seed); `shift` scales
+  its distance from the neutral scanner (0 = the corpus's own)."""
   rng = _rng(0, 'acquisition', task_name)
   gain = rng.uniform(0.7, 1.25, 3)
   if TASKS[task_name].domain == 'xray':  # radiographs stay grayscale
@@ -483,35 +483,62 @@ def acquisition(task_name: str) -> Acquisition:
   zoom = rng.uniform(0.85, 1.2)
   noise = rng.uniform(0.04, 0.08)
   return Acquisition(
-      gamma=float(np.exp(SHIFT * gamma)),
-      gain=tuple(float(1 + SHIFT * (g - 1)) for g in gain),
-      offset=float(SHIFT * offset),
-      blur=float(SHIFT * blur),
-      zoom=float(1 + SHIFT * (zoom - 1)),
-      noise=float(noise))
+      gamma=float(np.exp(shift * gamma)),
+      gain=tuple(float(1 + shift * (g - 1)) for g in gain),
+      offset=float(shift * offset),
+      blur=float(shift * blur),
+      zoom=float(1 + shift * (zoom - 1)),
+      noise=float(NEUTRAL.noise + shift * (noise - NEUTRAL.noise)))
 
 
-# Task images show a finding at a random severity; this share of them is
-# subtle (severity in [0, SUBTLE_MAX)), the rest clear ([0.6, 1]). The corpus
-# shows textbook cases only.
-SUBTLE_FRACTION = 0.2
-SUBTLE_MAX = 0.3
+@dataclasses.dataclass(frozen=True)
+class Regime:
+  """How the literature relates to the tasks (config.data.regime)."""
+  shift: float = 0.0  # acquisition shift of the task images (`acquisition`)
+  # Share of task images whose finding is subtle (severity in [0, 0.3);
+  # the rest [0.6, 1]); the corpus always shows clear cases.
+  subtle_fraction: float = 0.0
+  # Corpus share of a task's findings by rank: one finding gets the first
+  # level, one the second, the others the last (`coverage`).
+  coverage: tuple[float, ...] = (1.0,)
+  uninformative: float = 0.0  # captions that name no finding
+  mislabelled: float = 0.0    # captions that name another finding
+  distractors: float = 0.15   # share of chart / table figures
+
+
+REGIMES = {
+    # Corpus and tasks from one renderer: zero-shot is already strong.
+    'same_scanner': Regime(),
+    # Every task through its own scanner, subtle cases, partial coverage and
+    # noisy captions (work in progress, see benchmarks/RESULTS.md).
+    'shifted': Regime(shift=1.0, subtle_fraction=0.2,
+                      coverage=(1.0, 0.5, 0.25), uninformative=0.15,
+                      mislabelled=0.05, distractors=0.25),
+}
+
+
+def get_regime(name: str) -> Regime:
+  if name not in REGIMES:
+    raise ValueError(f'config.data.regime: unknown regime {name!r}; expected '
+                     f'one of {sorted(REGIMES)}')
+  return REGIMES[name]
 
 
 def render(task: Task, label: int, rng, size: int,
-           acq: Acquisition | None = None, subtle: bool = True) -> np.ndarray:
-  """One image of `task`'s class `label`; `acq` defaults to the task's own
-  scanner, `subtle` draws the finding at a random severity."""
+           acq: Acquisition = NEUTRAL, subtle_fraction: float = 0.0
+           ) -> np.ndarray:
+  """One image of `task`'s class `label` through scanner `acq`; with
+  `subtle_fraction` > 0 the finding is drawn at a random severity."""
   domain = DOMAINS[task.domain]
   cv = Canvas(size, 0.0)
   ctx = domain.background(cv, rng)
-  before = cv.img.copy()
+  before = cv.img.copy() if subtle_fraction > 0 else None
   task.draw[label](cv, ctx, rng)
-  if subtle:
-    severity = (rng.uniform(0, SUBTLE_MAX) if rng.uniform() < SUBTLE_FRACTION
+  if subtle_fraction > 0:
+    severity = (rng.uniform(0, 0.3) if rng.uniform() < subtle_fraction
                 else rng.uniform(0.6, 1.0))
     cv.img = before + severity * (cv.img - before)
-  cv.img = (acquisition(task.name) if acq is None else acq).apply(cv.img, rng)
+  cv.img = acq.apply(cv.img, rng)
   return cv.to_uint8()
 
 
@@ -522,11 +549,13 @@ class Split:
 
 
 def make_split(task: Task, split: str, per_class: int, size: int,
-               seed: int) -> Split:
+               seed: int, regime: Regime = REGIMES['same_scanner']) -> Split:
   """Balanced split, classes interleaved; deterministic in (seed, task, split)."""
   rng = _rng(seed, 'task', task.name, split)
   labels = np.tile(np.arange(len(task.class_names), dtype=np.int32), per_class)
-  images = np.stack([render(task, int(y), rng, size) for y in labels])
+  acq = acquisition(task.name, regime.shift)
+  images = np.stack([render(task, int(y), rng, size, acq,
+                            regime.subtle_fraction) for y in labels])
   return Split(images, labels)
 
 
@@ -554,19 +583,12 @@ DISTRACTOR_CAPTIONS = (
     'Photograph of the surgical instruments used in the procedure.',
 )
 
-# Share of a finding's `per_class` corpus figures, by how well the
-# literature covers it: in each task one finding is common, one sparse and
-# the others rare (which one is which is fixed by the task's name).
-CORPUS_COVERAGE = (1.0, 0.5, 0.25)
-UNINFORMATIVE_FRACTION = 0.15  # captions that name no finding
-MISLABELLED_FRACTION = 0.05   # captions that name another finding of the domain
-
-
-def coverage(task: Task) -> tuple[float, ...]:
-  """The corpus share of each of `task`'s findings (CORPUS_COVERAGE)."""
+def coverage(task: Task, levels: Sequence[float] = (1.0,)
+             ) -> tuple[float, ...]:
+  """The corpus share of each of `task`'s findings: one finding gets each
+  level, the rest the last (which one is which is fixed by the task's name)."""
   rank = _rng(0, 'coverage', task.name).permutation(len(task.class_names))
-  return tuple(CORPUS_COVERAGE[min(int(r), len(CORPUS_COVERAGE) - 1)]
-               for r in rank)
+  return tuple(float(levels[min(int(r), len(levels) - 1)]) for r in rank)
 
 
 def _distractor_image(rng, size):
@@ -591,19 +613,21 @@ class Corpus:
 
 
 def make_corpus(per_class: int, size: int, seed: int,
-                distractor_fraction: float = 0.25,
-                tasks: Sequence[str] | None = None) -> Corpus:
+                tasks: Sequence[str] | None = None,
+                regime: Regime = REGIMES['same_scanner']) -> Corpus:
   """The 'literature': image-caption pairs for the findings of every task
-  in proportion to `coverage` (at least one figure each), with varied and
-  partly noisy captions, plus chart/table distractors. Shuffled, so any
-  prefix covers the findings in proportion."""
+  in proportion to `coverage` (at least one figure each), with varied (and
+  in some regimes noisy) captions, plus chart/table distractors. Shuffled."""
   rng = _rng(seed, 'corpus')
   chosen = [TASKS[t] for t in (tasks or TASKS)]
-  items = [(t, y) for t in chosen
-           for y, share in enumerate(coverage(t))
-           for _ in range(max(1, int(round(per_class * share))))]
-  n_distract = int(round(len(items) * distractor_fraction /
-                         (1 - distractor_fraction)))
+  count = {(t.name, y): max(1, int(round(per_class * share)))
+           for t in chosen
+           for y, share in enumerate(coverage(t, regime.coverage))}
+  items = [(t, y) for k in range(per_class) for t in chosen
+           for y in range(len(t.class_names)) if k < count[t.name, y]]
+  n_distract = int(round(len(items) * regime.distractors /
+                         (1 - regime.distractors)))
+  noisy = regime.uninformative + regime.mislabelled > 0
   images, captions, domains, findings, named = [], [], [], [], []
   order = rng.permutation(len(items) + n_distract)
   for i in order:
@@ -616,21 +640,20 @@ def make_corpus(per_class: int, size: int, seed: int,
       continue
     task, y = items[i]
     modality = str(rng.choice(DOMAINS[task.domain].modality))
-    finding = task.class_names[y]
-    u = rng.uniform()
-    if u < UNINFORMATIVE_FRACTION:
+    finding = name = task.class_names[y]
+    u = rng.uniform() if noisy else 1.0
+    if u < regime.uninformative:
       template, name = str(rng.choice(UNINFORMATIVE_TEMPLATES)), ''
     else:
       template = str(rng.choice(CAPTION_TEMPLATES))
-      name = finding
-      if u < UNINFORMATIVE_FRACTION + MISLABELLED_FRACTION:
+      if u < regime.uninformative + regime.mislabelled:
         others = [c for t in TASKS.values() if t.domain == task.domain
                   for c in t.class_names if c != finding]
         name = str(rng.choice(others))
     captions.append(template.format(
         modality=modality, Modality=modality.capitalize(), finding=name,
         Finding=name.capitalize()))
-    images.append(render(task, y, rng, size, acq=NEUTRAL, subtle=False))
+    images.append(render(task, y, rng, size))
     domains.append(task.domain)
     findings.append(finding)
     named.append(name)
