@@ -172,6 +172,7 @@ def compare(config, workdir: str, names, seeds: int | None = None) -> dict:
   for seed in seed_values:
     base = (workdir if len(seed_values) == 1
             else os.path.join(workdir, f'seed_{seed}'))
+    os.makedirs(base, exist_ok=True)
     for name in names:
       cfg = config.copy_and_resolve_references()
       cfg.method = name

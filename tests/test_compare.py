@@ -27,6 +27,8 @@ def fake_run(monkeypatch):
 
   def run(config, workdir):
     calls.append((config.method, config.seed, workdir))
+    if not os.path.isdir(os.path.dirname(workdir)):  # as train.validate_config
+      raise FileNotFoundError(f'parent of {workdir} does not exist')
     if config.method == 'zeroshot' and config.seed == 43:
       raise RuntimeError('out of memory on seed 43\nsecond line')
     acc = _matrix(config.method, config.seed)
@@ -36,7 +38,7 @@ def fake_run(monkeypatch):
            'summary': dict(metrics.continual_metrics(acc), acc=np.mean(acc[-1]),
                            auc=0.9),
            'config': config.to_dict(), 'wall_time_s': 10.0 + config.seed}
-    os.makedirs(workdir, exist_ok=True)
+    os.mkdir(workdir)
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(res, f, default=list)
     return res
