@@ -14,6 +14,19 @@ then runs on the loaded weights, exactly as `config.model.init=DIR` does).
 
 Prints a table and writes benchmarks/results/step_time_<platform>.json.
 
+Text padding, trimmed vs padded (`--trim_compare`): the continual step of
+each method (`--methods`, default ft,zscl,primed) runs twice on the same
+state, once with every text at the full context length (the tokenizer's
+bucket=None, as before trimming) and once trimmed to each call's longest
+text rounded up to 16 tokens (the default). The two are interleaved step by
+step and the medians compared, so both see the same load; the ratio is the
+number to read. Task prompts are the task's class prompts; reference
+captions are `--caption_words` words of the model's vocabulary (~40 tokens,
+as PRIMED's retrieved captions).
+
+  nice python benchmarks/step_time.py --trim_compare \
+      --presets=vit_b16_pubmedbert --batch=2 --ref_batch=2 --steps=2
+
 FLOP count: XLA's own cost analysis of the compiled step (forward + backward
 + optimizer, all prompts of the task included), cross-checked against the
 analytic count 6 * params_touched * tokens for the transformer matmuls (shown
@@ -81,6 +94,169 @@ def analytic_flops(model_cfg, batch, num_prompts):
   fwd = (2 * vis_params * vis_tokens + 2 * attn_v) * batch + (
       2 * txt_params * t.context_length + 2 * attn_t) * num_prompts
   return 3 * fwd
+
+
+def text_forward_flops(t, lengths):
+  """Forward matmul FLOPs of the BERT text tower over texts of the given
+  token counts (each attends over its own length)."""
+  per_token = 2 * t.depth * (4 * t.width ** 2 + 2 * t.width * t.mlp_dim)
+  return sum(per_token * n + 4 * t.depth * n * n * t.width for n in lengths)
+
+
+def vision_forward_flops(v, images):
+  tokens = (v.image_size // v.patch_size) ** 2 + 1
+  per_image = (2 * v.depth * (4 * v.width ** 2 + 2 * v.width * v.mlp_dim) *
+               tokens + 4 * v.depth * tokens ** 2 * v.width +
+               2 * (tokens - 1) * v.patch_size ** 2 * v.channels * v.width)
+  return images * per_image
+
+
+def method_step_flops(mcfg, distill, batch, prompt_lengths, ref_batch,
+                      ref_lengths):
+  """Analytic matmul FLOPs of one continual step: forward + backward (3x
+  forward) of the student on the task batch and its prompts, and, with a
+  distillation loss, of the student on the reference pairs plus the frozen
+  teacher's forward on them. Pass the real token counts for the minimum, the
+  padded ones for what a padded step must do."""
+  v, t = mcfg.vision, mcfg.text
+  total = 3 * (vision_forward_flops(v, batch) +
+               text_forward_flops(t, prompt_lengths))
+  if distill:
+    ref = (vision_forward_flops(v, ref_batch) +
+           text_forward_flops(t, ref_lengths))
+    total += 3 * ref + ref
+  return total
+
+
+def _method_step(method, preset, batch, ref_batch, dtype, caption_words):
+  """The trainer's continual step of `method` at 224 px (real presets),
+  its state, and host task/reference batches as text lists."""
+  from mgtil_jax import steps  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.data import synth  # pylint: disable=g-import-not-at-top
+  config = mgtil_synth.get_config(f'runlocal,tasks=1,method={method},'
+                                  f'preset={preset}')
+  config.train.batch_size = batch
+  config.model.dtype = dtype
+  config.data.image_size = 224 if preset != 'tiny' else 32
+  exp = train.setup(config, tempfile.mkdtemp())
+  tx = train.make_optimizer(lr=1e-5, steps=100, warmup_steps=10,
+                            weight_decay=0.0, freeze_logit_scale=True)
+  shardings = train.state_shardings(exp, tx, exp.state_trees)
+  params = train.init_params(exp, seed=0)
+  with exp.context():
+    opt = jax.jit(tx.init, out_shardings=shardings['opt'])(params)
+  state = {'params': params, 'opt': opt, **train.initial_trees(exp, params)}
+  task = exp.tasks[0]
+  host = train.task_batch(task, 0, batch, 0, 0)
+  rng = np.random.default_rng(0)
+  words = sorted(w for w in synth.vocabulary() if w.isalpha())
+  captions = [' '.join(rng.choice(words, caption_words))
+              for _ in range(ref_batch)] if exp.method.distill else []
+  if exp.method.distill:
+    s = exp.model.cfg.vision.image_size
+    host['ref_image'] = rng.integers(0, 256, (ref_batch, s, s, 3), np.uint8)
+  step = steps.make_task_step(exp, tx, shardings)
+  return exp, step, state, host, task.class_names, captions
+
+
+def _texts_for(exp, host, class_names, captions, bucket):
+  """Placed batch and prompts with the tokenizer's bucket set to `bucket`;
+  also the real token counts of the prompts and captions."""
+  exp.tokenizer.bucket = bucket
+  prompts = exp.prompt_tokens(class_names)
+  batch = dict(host)
+  if captions:
+    batch['ref_tokens'] = exp.tokenizer(captions)
+  exp.tokenizer.bucket = None
+  real = lambda x: [int(n) for n in (x != exp.tokenizer.pad_id).sum(1)]
+  lengths = (real(exp.prompt_tokens(class_names)),
+             real(exp.tokenizer(captions)) if captions else [])
+  with exp.context():
+    return (exp.put_batch(batch), {'task': exp.replicated(prompts)},
+            {'prompt_width': prompts.shape[1],
+             'caption_width': batch['ref_tokens'].shape[1] if captions
+                              else 0}, lengths)
+
+
+def trim_compare(methods, preset, batch, ref_batch, dtype, steps,
+                 caption_words=38):
+  """Per method: padded and trimmed steps interleaved on one state; medians,
+  XLA FLOPs of both compiled steps and the analytic minimum."""
+  rows = []
+  for method in methods:
+    exp, step, state, host, names, captions = _method_step(
+        method, preset, batch, ref_batch, dtype, caption_words)
+    mcfg = exp.model.cfg
+    variants = {}
+    for kind, bucket in (('padded', None), ('trimmed', 16)):
+      placed, prompts, widths, lengths = _texts_for(exp, host, names,
+                                                    captions, bucket)
+      with exp.context():
+        t = time.perf_counter()
+        compiled = step.lower(state, placed, prompts).compile()
+        compile_s = time.perf_counter() - t
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      variants[kind] = dict(placed=placed, prompts=prompts, widths=widths,
+                            compile_s=compile_s, times=[],
+                            xla_gflop=float(cost.get('flops', np.nan)) / 1e9)
+    prompt_real, caption_real = lengths
+    distill = bool(exp.method.distill)
+    minimum = method_step_flops(mcfg, distill, batch, prompt_real, ref_batch,
+                                caption_real) / 1e9
+    padded_analytic = method_step_flops(
+        mcfg, distill, batch, [mcfg.text.context_length] * len(prompt_real),
+        ref_batch, [mcfg.text.context_length] * len(caption_real)) / 1e9
+    # steps=0: compile and count FLOPs only (no timing).
+    for i in range(steps + 1 if steps else 0):  # round 0 warms both up
+      for kind in ('padded', 'trimmed'):
+        v = variants[kind]
+        with exp.context():
+          t = time.perf_counter()
+          state, m = step(state, v['placed'], v['prompts'])
+          jax.block_until_ready((state, m))
+        if i:
+          v['times'].append(time.perf_counter() - t)
+          print(f"{method} {kind} step {i}: {v['times'][-1]:.2f}s",
+                flush=True)
+    med = {k: float(np.median(v['times'])) if v['times'] else float('nan')
+           for k, v in variants.items()}
+    rows.append({
+        'method': method, 'preset': preset, 'dtype': dtype, 'batch': batch,
+        'ref_batch': ref_batch if distill else 0,
+        'num_prompts': len(prompt_real),
+        'prompt_tokens_real': prompt_real, 'caption_tokens_real': caption_real,
+        'prompt_width': {k: v['widths']['prompt_width']
+                         for k, v in variants.items()},
+        'caption_width': {k: v['widths']['caption_width']
+                          for k, v in variants.items()},
+        'padded_s': med['padded'], 'trimmed_s': med['trimmed'],
+        'trimmed_over_padded': med['trimmed'] / med['padded'],
+        'all_s': {k: v['times'] for k, v in variants.items()},
+        'compile_s': {k: v['compile_s'] for k, v in variants.items()},
+        'xla_gflop': {k: v['xla_gflop'] for k, v in variants.items()},
+        'analytic_min_gflop': minimum,
+        'analytic_padded_gflop': padded_analytic})
+    print(f"{method}: padded {med['padded']:.2f}s trimmed "
+          f"{med['trimmed']:.2f}s", flush=True)
+    del state, variants, exp, step
+  return rows
+
+
+def print_trim_table(rows):
+  header = ('method', 'prompts x width (pad/trim)', 'captions x width',
+            'padded s', 'trimmed s', 'trimmed/padded', 'XLA GFLOP padded',
+            'XLA GFLOP trimmed', 'analytic min GFLOP', 'trimmed XLA / min')
+  print('| ' + ' | '.join(header) + ' |')
+  print('|' + '---|' * len(header))
+  for r in rows:
+    pw, cw, x = r['prompt_width'], r['caption_width'], r['xla_gflop']
+    print(f"| {r['method']} | {r['num_prompts']} x {pw['padded']}/"
+          f"{pw['trimmed']} | {r['ref_batch']} x {cw['padded']}/"
+          f"{cw['trimmed']} | {r['padded_s']:.2f} | {r['trimmed_s']:.2f} | "
+          f"{r['trimmed_over_padded']:.3f} | {x['padded']:.0f} | "
+          f"{x['trimmed']:.0f} | {r['analytic_min_gflop']:.0f} | "
+          f"{x['trimmed'] / r['analytic_min_gflop']:.2f} |")
 
 
 def _experiment(preset, batch, dtype, remat, init):
@@ -166,7 +342,29 @@ def main():
   p.add_argument('--steps', type=int, default=20)
   p.add_argument('--remat', action='store_true')
   p.add_argument('--out', default=None)
+  p.add_argument('--trim_compare', action='store_true',
+                 help='continual steps with texts padded vs trimmed')
+  p.add_argument('--methods', default='ft,zscl,primed')
+  p.add_argument('--ref_batch', type=int, default=2)
+  p.add_argument('--caption_words', type=int, default=38)
   args = p.parse_args()
+  if args.trim_compare:
+    dev = jax.devices()[0]
+    rows = trim_compare(args.methods.split(','), args.presets.split(',')[0],
+                        args.batch, args.ref_batch, args.dtypes.split(',')[0],
+                        args.steps, args.caption_words)
+    print(f'device: {dev.device_kind} x{jax.device_count()} ({dev.platform})'
+          f', median of {args.steps} interleaved steps')
+    print_trim_table(rows)
+    out = args.out or os.path.join(ROOT, 'benchmarks', 'results',
+                                   f'step_time_trim_{dev.platform}.json')
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, 'w') as f:
+      json.dump({'device': dev.device_kind, 'platform': dev.platform,
+                 'jax': jax.__version__, 'args': vars(args), 'rows': rows},
+                f, indent=1)
+    print(f'wrote {out}')
+    return
   presets = [None] if args.init else args.presets.split(',')
   rows = [bench(preset, args.batch, dtype, args.steps, args.remat, mode,
                 args.init)

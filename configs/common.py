@@ -54,7 +54,8 @@ SHARDING_RULES = (
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults that read like the paper's hyper-parameter table (DESIGN.md)."""
+  """Defaults that read like the paper's hyper-parameter table
+  (docs/methods.md)."""
   c = ml_collections.ConfigDict()
   c.seed = 42  # the ZSCL recipe's seed
   c.method = 'ft'
@@ -62,14 +63,16 @@ def base_config() -> ml_collections.ConfigDict:
   # method's run at one shared cache so the initial model is built once.
   c.cache_dir = ''
   c.method_kwargs = ml_collections.ConfigDict(dict(
-      # PRIMED (DESIGN.md §1); every ablation of the paper is one knob here.
+      # PRIMED (docs/methods.md); every ablation of the paper is one knob here.
       alpha=1.0,             # weight of CKT (paper default)
       beta=0.25,             # weight of CMC (paper default)
       kd_temperature=2.0,    # tau of CKT / ZSCL's KD; not given: Hinton's 2
       granularity='both',    # KD direction: both | image | text
       teacher='previous',    # previous (paper) | initial | wise (0.5 avg)
       regularizer='',        # PRIMED's: '' = dfg | l2 | ewc | none
-      dfg_weight=1.0,        # weight of L_DFG; not given, DESIGN says 1
+      dfg_weight=1.0,        # weight of L_DFG (the paper gives none: 1)
+      dfg_normalize='mean',  # DFG weights g^2 per tensor: none | mean | max
+                             # (docs/methods.md, "DFG normalisation")
       reference='',          # '' = the method's own | corpus | retrieval_dyn
                              # | retrieval_uni
       reference_batch_size=32,
@@ -83,6 +86,17 @@ def base_config() -> ml_collections.ConfigDict:
       exemplars_per_class=20,  # iCaRL memory per class (herding)
       wise_alpha=0.5,        # WiSE-FT mixing weight of the new weights
       we_every=100,          # ZSCL weight ensembling interval (paper: 100)
+      # SnD (Yu et al. ECCV 2024): the official code's snd_loss defaults.
+      snd_prev_weight=9.0,   # KD weight towards the previous-task model
+      snd_init_weight=0.5,   # KD weight towards the initial model
+      snd_threshold=0.2,     # teacher-disagreement threshold of the selector
+      snd_scale=6.0,         # sigmoid sharpness of the selector
+      # GIFT (Wu et al. CVPR 2025); docs/methods.md "GIFT".
+      gift_pairs='',         # folder of generated pairs (pairs.jsonl); '' =
+                             # the retrieval memory (method_kwargs.reference)
+      gift_kd_weight=1.0,    # KD on the pairs against the initial model
+      gift_ita_weight=1.0,   # image-text alignment on the pairs
+      gift_awc_weight=1.0,   # adaptive weight consolidation (mean-normalised)
       adapter_lr=1e-3,       # MoE-Adapters / DIKI: zero-initialised adapters
                              # need far more than the backbone's 1e-5 (the
                              # MoE-Adapters code uses 1e-3)
@@ -96,7 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.prompts = ml_collections.ConfigDict(dict(
-      templates=('a photo of {}.',),  # DESIGN.md: "a photo of {c}"
+      templates=('a photo of {}.',),  # the paper's "a photo of {c}"
   ))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -110,6 +124,13 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=10,
   ))
 
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      vocab_file='',  # '' = the checkpoint's, or the benchmark's own vocab
+      # Texts are padded to the longest real text of each call, rounded up to
+      # a multiple of this (few compiled shapes; exact under the attention
+      # mask). 0 = always the full context length.
+      bucket=16,
+  ))
   c.eval = ml_collections.ConfigDict(dict(batch_size=256))
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=100,  # plus one at every task boundary

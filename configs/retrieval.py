@@ -43,6 +43,12 @@ def defaults() -> ml_collections.ConfigDict:
   # 'model': domain of each M0 query by zero-shot text classification with
   # the current model (the paper); 'pool': trust the pool's domain column.
   c.domain_source = 'model'
+  # Domains scoring within this cosine of the best are a tie the model cannot
+  # decide; the query keeps its pool label (if tied) or the first tied
+  # domain by name. Trained weights on more processes differ by float
+  # rounding; this keeps such noise from moving near-tied queries between
+  # levels (docs/retrieval.md).
+  c.domain_tolerance = 1e-4
   # domain -> phrases describing it (prompts for zero-shot domain
   # classification; the first one is the modality of task-level queries).
   # {} = the benchmark's defaults (synthetic modality phrases, or the name).
@@ -79,13 +85,34 @@ def defaults() -> ml_collections.ConfigDict:
   c.scann = ml_collections.ConfigDict(dict(
       min_size=20000,
       leaves_per_sqrt=1.0,     # num_leaves = leaves_per_sqrt * sqrt(N)
-      search_fraction=0.02,    # leaves searched = 2% (recall@10 0.999 on 1M, RESULTS.md)
       training_sample=100000,  # k-means / codebook training rows (<= N)
       spherical=True,          # spherical k-means: the vectors are unit-norm
       dims_per_block=2,        # AH: 2 dims per 4-bit code (ScaNN's default)
       aq_threshold=0.2,        # anisotropic quantization for dot products
-      reorder_factor=30,       # exact rescoring of 30k AH hits (10k: recall 0.95)
       reorder_dtype='float32',  # 'float32' | 'bfloat16' | 'int8' reorder data
+      # Calibration at build time (index.calibrate_scann): per shard, the
+      # smallest leaves-to-search, then reorder factor, whose recall@k (k =
+      # config.retrieval.k) against exact search reaches target_recall on
+      # calibration_queries held-out corpus rows + up to
+      # calibration_pool_queries question-pool vectors. The recall curve and
+      # the choice go into the index manifest and results.json.
+      calibrate=True,
+      target_recall=0.95,
+      calibration_queries=1000,
+      calibration_pool_queries=1000,
+      # Held-out rows stand for captions outside the corpus: rows at this
+      # cosine or above (copies, templated variants) are not counted as
+      # their neighbours.
+      calibration_copy_cosine=0.95,
+      max_search_fraction=0.25,  # cap: leaves searched <= 25% of the leaves
+      max_reorder_factor=100,    # cap: reordered candidates <= 100 * k
+      # A shard of at most this many rows whose target is out of reach
+      # within the caps is searched exactly instead (one warning line).
+      exact_fallback_rows=1_000_000,
+      # Used only with calibrate=False (values tuned on one synthetic
+      # distribution, recall@10 0.998; 0.93 on two others, RESULTS.md).
+      search_fraction=0.02,
+      reorder_factor=30,
   ))
   # One index per this many rows, top-k merged across shards, so the corpus
   # can exceed one machine's memory (shards can be searched one at a time).
@@ -118,7 +145,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.text_encoder = 'clip'
   c.precomputed = ml_collections.ConfigDict(dict(caption_vectors='',
                                                  query_vectors=''))
-  c.embed_batch_size = 256  # rows per jitted embedding call (all devices)
+  c.embed_batch_size = 256  # rows per device per jitted embedding call (fixed
+                            # per device: same vectors on any process count)
   c.decode_threads = 4      # host threads decoding corpus images
 
   # -------------------------------------------------------------- leakage --

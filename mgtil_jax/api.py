@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mgtil_jax import tokenizer as tokenizer_lib
 from mgtil_jax.models import biomedclip
 from mgtil_jax.models import clip
 from mgtil_jax.models import preprocessing
@@ -34,12 +35,16 @@ DEFAULT_TEMPLATES = ('this is a photo of {}',)
 @dataclasses.dataclass
 class ClipModel:
   """A loaded dual encoder: Flax module, float32 params, tokenizer and image
-  preprocessing. `dtype` is the compute dtype; params stay float32."""
+  preprocessing. `dtype` is the compute dtype; params stay float32.
+  `text_bucket`: `encode_text` runs each batch at its longest text rounded up
+  to this many tokens (None: the full context length); the [PAD] keys are
+  masked, so only float rounding differs."""
   model: clip.CLIP
   params: dict
   tokenizer: preprocessing.OpenClipTokenizer | None
   preprocess: biomedclip.Preprocess
   checkpoint: biomedclip.Checkpoint
+  text_bucket: int | None = tokenizer_lib.DEFAULT_BUCKET
 
   def __post_init__(self):
     model, pre = self.model, self.preprocess
@@ -84,8 +89,11 @@ class ClipModel:
                   batch_size: int = 256) -> np.ndarray:
     """texts: a string or list of strings -> float32[N, embed_dim]."""
     tokens = self.tokenize(texts)
-    out = _batched(lambda x: self._text_fn(self.params, x), tokens,
-                   batch_size)
+    pad_id = self.config.text.pad_id
+    out = _batched(lambda x: self._text_fn(self.params, tokenizer_lib.
+                                           trim_padding(x, self.text_bucket,
+                                                        pad_id)),
+                   tokens, batch_size)
     return _l2_normalize(out) if normalize else out
 
   def class_embeddings(self, class_names, templates=DEFAULT_TEMPLATES):
@@ -129,19 +137,23 @@ class ClipModel:
 
 
 def load(path: str, *, preset: str | None = None, dtype: str = 'float32',
-         vocab_file: str | None = None) -> ClipModel:
+         vocab_file: str | None = None,
+         text_bucket: int | None = tokenizer_lib.DEFAULT_BUCKET) -> ClipModel:
   """Loads a BiomedCLIP-layout directory or a checkpoint file.
 
   path: directory or `.bin` / `.safetensors` file (see
     `biomedclip.load_checkpoint`; a `.bin` is read without running its
     pickle). preset: the architecture of a file with no open_clip_config.json
     beside it. dtype: compute dtype, 'float32' or 'bfloat16' (weights stay
-    float32). vocab_file: overrides the directory's vocab.txt.
+    float32). vocab_file: overrides the directory's vocab.txt. text_bucket:
+    see `ClipModel` (None: every text at the full context length).
   """
   ck = biomedclip.load_checkpoint(path, preset=preset, vocab_file=vocab_file)
   model = clip.make_model(ck.model_config, dtype=dtype)
   params = jax.tree.map(jnp.asarray, ck.params)
-  return ClipModel(model, params, ck.tokenizer, ck.preprocess, ck)
+  tokenizer_lib.bucketed_length(1, text_bucket, 1)  # validates it
+  return ClipModel(model, params, ck.tokenizer, ck.preprocess, ck,
+                   text_bucket=text_bucket)
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -302,23 +302,53 @@ def _format_diffs(table: dict) -> str:
   return '\n'.join(lines).rstrip()
 
 
-def plot(table: dict, path: str):
+def plot(table: dict, path: str | None = None):
+  """One panel per metric (Transfer, Avg, Last, BWT), one bar per method in
+  the method's own colour (report.method_color), with error bars when the
+  rows carry a spread over seeds (report.error_interval). Returns the
+  figure; saves it when `path` is set."""
   names = list(table['methods'])
-  shown = ('transfer', 'avg', 'last', 'bwt')
-  fig, ax = report._figure(1.2 + 0.9 * len(names), 4.0)  # pylint: disable=protected-access
-  width = 0.8 / len(shown)
-  for k, metric in enumerate(shown):
-    vals = [table['methods'][n]['summary'].get(metric) for n in names]
-    vals = [np.nan if v is None else 100 * v for v in vals]
-    ax.bar(np.arange(len(names)) + (k - 1.5) * width, vals, width,
-           label=metric.capitalize() if metric != 'bwt' else 'BWT')
-  ax.axhline(0, color='black', lw=0.6)
-  ax.set_xticks(range(len(names)), names, rotation=30, ha='right')
-  ax.set_ylabel('%')
-  ax.set_title(f"Methods on {table['benchmark']}")
-  ax.legend(fontsize=8, ncol=4)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  shown = (('transfer', 'Transfer'), ('avg', 'Avg'), ('last', 'Last'),
+           ('bwt', 'BWT'))
+  n = len(names)
+  ncols = 4 if n <= 5 else 2
+  nrows = len(shown) // ncols
+  panel_w = max(2.4, 0.9 + 0.38 * n)
+  fig, axes = report._figure(panel_w * ncols, 3.0 * nrows + 0.6, nrows,  # pylint: disable=protected-access
+                             ncols)
+  colors = [report.method_color(m) for m in names]
+  spread = False
+  for ax, (metric, label) in zip(axes.flat, shown):
+    rows = [table['methods'][m] for m in names]
+    vals = [r['summary'].get(metric) for r in rows]
+    vals = np.asarray([np.nan if v is None else 100 * v for v in vals])
+    err = np.zeros((2, n))
+    for i, r in enumerate(rows):
+      below, above = report.error_interval(r, metric)
+      if below is not None:
+        err[:, i] = 100 * below, 100 * above
+        spread = True
+    ax.bar(np.arange(n), np.nan_to_num(vals), 0.75, color=colors,
+           yerr=err if err.any() else None, capsize=3,
+           error_kw={'lw': 1, 'ecolor': '#333333'})
+    for i, v in enumerate(vals):
+      if np.isnan(v):  # undefined (e.g. joint's Transfer): say so
+        ax.text(i, 0.5, 'n/a', ha='center', va='center', fontsize=7,
+                color='#666666', transform=ax.get_xaxis_transform())
+    ax.axhline(0, color='black', lw=0.6)
+    ax.set_xticks(range(n), names, rotation=45, ha='right',
+                  rotation_mode='anchor', fontsize=8)
+    ax.set_title(label, fontsize=10)
+    ax.tick_params(axis='y', labelsize=8)
+    ax.grid(axis='y', alpha=0.3)
+  for ax in axes[:, 0]:
+    ax.set_ylabel('%')
+  note = ('; bars: spread over seeds' if spread else '')
+  fig.suptitle(f"Methods on {table['benchmark']} "
+               f"({len(table['tasks'])} tasks{note})", fontsize=11)
+  if path is not None:
+    fig.savefig(path, dpi=120)
+  return fig
 
 
 def write(workdir: str, table: dict):
@@ -328,4 +358,6 @@ def write(workdir: str, table: dict):
   os.replace(path + '.tmp', path)
   with open(os.path.join(workdir, 'comparison.md'), 'w') as f:
     f.write(format_table(table) + '\n')
-  plot(table, os.path.join(workdir, 'comparison.png'))
+  from mgtil_jax import html_report  # pylint: disable=g-import-not-at-top
+  html_report.write_comparison(
+      workdir, table, plot(table, os.path.join(workdir, 'comparison.png')))

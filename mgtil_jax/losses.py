@@ -84,7 +84,7 @@ def cross_modal_kd(student_logits, teacher_logits, *, temperature: float = 1.0,
 
 def cross_modal_contrastive(logits, *, direction: str = 'both'):
   """CMC: InfoNCE of float[B, B] image-text logits against the identity;
-  'both' = image->text + text->image (summed, as DESIGN.md writes it)."""
+  'both' = image->text + text->image (summed, docs/methods.md Eq. CMC)."""
   _check_direction(direction)
   labels = jnp.arange(logits.shape[0])
   out = 0.0
@@ -97,17 +97,39 @@ def cross_modal_contrastive(logits, *, direction: str = 'both'):
   return out
 
 
-def dfg_weights(distill_grads):
+DFG_NORMALIZE = ('none', 'mean', 'max')
+
+
+def dfg_weights(distill_grads, *, normalize: str = 'none', eps: float = 1e-30):
   """DFG's per-parameter weights: the squared distillation gradient of this
-  step, as a constant (no gradient flows through it)."""
-  return jax.tree.map(lambda g: jax.lax.stop_gradient(jnp.square(g)),
-                      distill_grads)
+  step, as a constant (no gradient flows through it), normalised per tensor:
+
+    'none'  W = g^2 (raw squared gradients, ~1e-8 per weight on CLIP)
+    'mean'  W = g^2 / mean(g^2) over the tensor (mean weight 1 per tensor)
+    'max'   W = g^2 / max(g^2) over the tensor (weights in [0, 1])
+
+  docs/methods.md ("DFG normalisation") says where each comes from."""
+  if normalize not in DFG_NORMALIZE:
+    raise ValueError(f'dfg_normalize: expected one of {DFG_NORMALIZE}, got '
+                     f'{normalize!r}')
+
+  def weight(g):
+    w = jnp.square(jax.lax.stop_gradient(g))
+    if normalize == 'mean':
+      w = w / (jnp.mean(w) + eps)
+    elif normalize == 'max':
+      w = w / (jnp.max(w) + eps)
+    return w
+
+  return jax.tree.map(weight, distill_grads)
 
 
-def dynamic_fisher_guard(params, previous_params, distill_grads):
-  """L_DFG = sum_i (dL_distill/dtheta_i)^2 (theta_i - theta_prev_i)^2."""
+def dynamic_fisher_guard(params, previous_params, distill_grads, *,
+                         normalize: str = 'none'):
+  """L_DFG = sum_i W_i (theta_i - theta_prev_i)^2 with W = dfg_weights(
+  dL_distill/dtheta, normalize) held constant (docs/methods.md, Eq. DFG)."""
   return weighted_l2(params, jax.lax.stop_gradient(previous_params),
-                     dfg_weights(distill_grads))
+                     dfg_weights(distill_grads, normalize=normalize))
 
 
 def distillation_kl(student_logits, teacher_logits, *,
@@ -117,3 +139,40 @@ def distillation_kl(student_logits, teacher_logits, *,
   their scale across temperatures."""
   return _kl_rows(jax.lax.stop_gradient(teacher_logits) / temperature,
                   student_logits / temperature) * temperature ** 2
+
+
+def selective_dual_teacher_kd(student_features, previous_features,
+                              initial_features, *, threshold: float = 0.2,
+                              scale: float = 6.0):
+  """SnD (Yu et al. ECCV 2024, docs/methods.md Eq. SnD): feature KD from two
+  teachers, each sample routed by how far the teachers disagree on it.
+
+  float[B, D] L2-normalised image features of the student, the previous-task
+  model and the initial (pre-trained) model. s_i = sigmoid(scale * (
+  ||f_prev(x_i) - f_init(x_i)|| - threshold)); a large disagreement means the
+  sample is close to what the previous tasks taught, so it is distilled from
+  the previous model, else from the initial one. Returns the two terms
+  (mean_i s_i ||f(x_i) - f_prev(x_i)||, mean_i (1 - s_i) ||f(x_i) -
+  f_init(x_i)||); the teachers and the scores get no gradient."""
+  previous_features = jax.lax.stop_gradient(previous_features)
+  initial_features = jax.lax.stop_gradient(initial_features)
+  scores = jax.nn.sigmoid(scale * (jnp.linalg.norm(
+      previous_features - initial_features, axis=-1) - threshold))
+  to_previous = jnp.linalg.norm(student_features - previous_features, axis=-1)
+  to_initial = jnp.linalg.norm(student_features - initial_features, axis=-1)
+  return (jnp.mean(scores * to_previous),
+          jnp.mean((1 - scores) * to_initial))
+
+
+def soft_image_text_alignment(logits, same, *, label_smoothing: float = 0.0):
+  """GIFT's image-text alignment (docs/methods.md Eq. ITA): CE of the
+  float[B, B] image-text logits against targets spread evenly over the
+  captions of the same class (`same` bool[B, B], True on the diagonal),
+  rows (image -> text) plus columns (text -> image)."""
+  targets = same.astype(logits.dtype)
+  targets = targets / jnp.sum(targets, axis=1, keepdims=True)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  rows = optax.softmax_cross_entropy(logits, targets).mean()
+  cols = optax.softmax_cross_entropy(logits.T, targets.T).mean()
+  return rows + cols

@@ -25,13 +25,13 @@ import optax
 from jax.experimental import multihost_utils
 
 from mgtil_jax import checkpoint as ckpt_lib
-from mgtil_jax import methods, reference, report, sharding
+from mgtil_jax import methods, report, sharding
+from mgtil_jax import validation, workdir as workdir_lib
 from mgtil_jax import steps as steps_lib
 from mgtil_jax.data import pipeline as pipeline_lib
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.data import synth
-from mgtil_jax.models import adapters, clip
-from mgtil_jax.retrieval.sampler import prefetch
+from mgtil_jax.models import clip
 from mgtil_jax.tokenizer import Tokenizer, write_vocab
 
 log = logging.getLogger(__name__)
@@ -84,31 +84,12 @@ class Experiment:
 
   @property
   def state_trees(self) -> tuple[str, ...]:
-    return methods.state_trees(self.method, self.config.method_kwargs)
+    return self.method.state_trees(self.config.method_kwargs)
 
 
 def validate_config(config, workdir: str | None = None):
   """Fails fast, before any data or device work, naming the bad field."""
-  method = methods.get_method(config.method, config.method_kwargs)
-  clip.get_preset(config.model.preset)
-  if config.model.dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f'config.model.dtype: expected float32 or bfloat16, got '
-                     f'{config.model.dtype!r}')
-  for field in ('steps_per_task', 'batch_size'):
-    value = config.train[field]
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f'config.train.{field}: expected a positive integer, '
-                       f'got {value!r}')
-  if not config.prompts.templates or any(
-      '{}' not in t for t in config.prompts.templates):
-    raise ValueError('config.prompts.templates: expected templates that each '
-                     "contain '{}' for the class name, got "
-                     f'{config.prompts.templates!r}')
-  if workdir is not None:
-    parent = os.path.dirname(os.path.abspath(workdir))
-    if not os.path.isdir(parent):
-      raise FileNotFoundError(f'--workdir: the parent directory {parent} of '
-                              f'{workdir} does not exist')
+  validation.validate(config, workdir)  # issue 13 hook: validation.py
 
 
 def _sync(name: str):
@@ -143,7 +124,8 @@ def build_tokenizer(config, workdir: str, texts=()) -> Tokenizer:
       write_vocab(sorted(words), vocab_file)
     _sync('vocab')
   model_cfg = clip.get_preset(config.model.preset)
-  tok = Tokenizer(vocab_file, model_cfg.text.context_length)
+  tok = Tokenizer(vocab_file, model_cfg.text.context_length,
+                  bucket=config.get('tokenizer', {}).get('bucket', 16))
   if tok.vocab_size > model_cfg.text.vocab_size:
     raise ValueError(f'tokenizer: vocab size {tok.vocab_size} exceeds the '
                      f'model preset {config.model.preset!r} text vocab '
@@ -170,8 +152,7 @@ def setup(config, workdir: str) -> Experiment:
   tokenizer = build_tokenizer(
       config, workdir, [c for t in task_list for c in t.class_names] +
       list(config.prompts.templates))
-  adapter = (adapters.config_for_method(method.name, num_tasks=len(task_list))
-             if method.adapter else None)
+  adapter = method.adapter(len(task_list))
   model = clip.make_model(clip.get_preset(config.model.preset),
                           dtype=config.model.dtype, remat=config.model.remat,
                           adapter=adapter)
@@ -190,7 +171,7 @@ def backbone_experiment(exp: Experiment) -> Experiment:
   abstract = jax.eval_shape(functools.partial(clip.init_params, model),
                             jax.random.key(0))
   return dataclasses.replace(
-      exp, model=model, method=methods.METHODS['ft'],
+      exp, model=model, method=methods.Method('backbone'),
       param_shardings=sharding.param_shardings(abstract, exp.mesh, exp.rules))
 
 
@@ -209,7 +190,7 @@ def make_optimizer(*, lr: float, steps: int, warmup_steps: int,
                    weight_decay: float, freeze_logit_scale: bool,
                    labels=None):
   """AdamW with linear warm-up then cosine decay to 0 over `steps`; the logit
-  scale optionally frozen (the ZSCL recipe)."""
+  scale optionally frozen (the recipe of docs/methods.md)."""
   warmup_steps = min(warmup_steps, max(steps - 1, 0))
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, lr, warmup_steps, max(steps, warmup_steps + 1), end_value=0.0)
@@ -333,7 +314,7 @@ def make_evaluator(exp: Experiment):
   def evaluate(params, task: tasks_lib.TaskData, task_index: int = 0):
     # Adapter models route by the task id (known at test time in MGTIL).
     task_id = (jnp.asarray(task_index, jnp.int32)
-               if exp.method.adapter else None)
+               if exp.model.adapter is not None else None)
     with exp.context():
       cls = class_emb(params, exp.replicated(
           exp.prompt_tokens(task.class_names)), task_id)
@@ -387,8 +368,9 @@ def pretrain(exp: Experiment, writer) -> dict:
   latest = ckpt.latest_step()
   if latest is not None:
     abstract = jax.eval_shape(lambda: _fresh_state(exp, tx))
-    state, _ = ckpt.restore(latest, ckpt_lib.abstract_like(abstract,
-                                                           shardings_))
+    state, restored_meta = ckpt.restore(latest, ckpt_lib.abstract_like(
+        abstract, shardings_))
+    latest = restored_meta['step']  # issue 13: may fall back past a corrupt one
     if latest >= pcfg.steps:
       ckpt.close()
       return state['params']
@@ -413,6 +395,7 @@ def pretrain(exp: Experiment, writer) -> dict:
           {'image': images[idx], 'tokens': tokens[idx]}))
       if (step + 1) % cfg.train.log_every == 0:
         m = jax.device_get(m)
+        ckpt_lib.check_finite(m, f'pretraining step {step + 1}')  # issue 13
         bar.set_postfix(loss=f"{m['loss']:.3f}")
         report.scalars(writer, 'pretrain', m, step + 1)
       if (step + 1) % cfg.checkpoint.every_steps == 0 or step + 1 == pcfg.steps:
@@ -422,11 +405,9 @@ def pretrain(exp: Experiment, writer) -> dict:
 
 
 def initial_params(exp: Experiment, writer):
-  if exp.method.adapter:  # a frozen backbone + freshly initialised adapters
-    backbone = initial_params(backbone_experiment(exp), writer)
-    fresh = init_params(exp, exp.config.seed)
-    merged = adapters.merge_backbone(fresh, backbone)
-    return jax.device_put(merged, exp.param_shardings)
+  params = exp.method.initial_params(exp, writer)  # e.g. adapters
+  if params is not None:
+    return params
   init = exp.config.model.init
   if init == 'random':
     return init_params(exp, exp.config.seed)
@@ -439,353 +420,67 @@ def initial_params(exp: Experiment, writer):
       lambda: init_params(exp, exp.config.seed))
 
 
-# ------------------------------------------------- method-specific pieces --
-
-
-def _copy(tree):
-  return jax.tree.map(jnp.copy, tree)
+# ----------------------------------------------------------- task streams --
 
 
 def initial_trees(exp: Experiment, params) -> dict:
-  """The extra state trees at the start of the sequence (see
-  methods.state_trees): copies of the initial params, a zero Fisher."""
-  out = {}
-  for name in exp.state_trees:
-    if name == 'fisher':
-      out[name] = jax.tree.map(jnp.zeros_like, params)
-    else:
-      out[name] = _copy(params)
-  return out
+  """The method's extra state trees at the start of the sequence."""
+  return exp.method.init_trees(params)
 
 
-def make_reference_source(exp: Experiment):
-  """The method's reference-batch source (None when it needs none):
-  the retrieval memory for PRIMED ('retrieval_dyn' = Dynamic Siphon,
-  'retrieval_uni' = proportional keywords), or a fixed random subset of the
-  benchmark's corpus ('corpus', ZSCL) of PRIMED_uni's size."""
-  kind = exp.method.reference
-  if kind is None:
-    return None
-  kw = exp.config.method_kwargs
-  if kind.startswith('retrieval'):
-    from mgtil_jax import retrieval  # pylint: disable=g-import-not-at-top
-    exp.config.retrieval.mode = kind.split('_')[1]
-    return retrieval.build_reference_source(exp, kw.reference_batch_size)
-  if exp.config.data.name != 'mgtil_synth':
-    raise ValueError(f"config.method_kwargs.reference: 'corpus' needs an "
-                     f'image-caption corpus; benchmark '
-                     f'{exp.config.data.name!r} has none built in (use '
-                     'retrieval_uni with config.retrieval.corpus.sources)')
-  images, captions = tasks_lib.synth_corpus(
-      exp.config.data, exp.config.pretrain.corpus_per_class,
-      os.path.join(exp.cache_dir, 'data'))
-  # The same size as PRIMED_uni's reference set, so distillation methods
-  # compete on equal footing; a fixed seed makes the subset identical across
-  # methods.
-  pick = np.random.default_rng([exp.config.seed, 7]).permutation(
-      len(captions))[:exp.config.retrieval.reference_size]
-  return reference.FixedReferenceSet(
-      images[pick], exp.tokenizer([captions[i] for i in pick]),
-      kw.reference_batch_size, exp.config.seed)
+class _TaskStream:
+  """(batch, prompts) of one task: its batches, with the task's prompts."""
 
+  def __init__(self, batches: TaskBatches):
+    self._batches = batches
 
-def memory_prompts(exp: Experiment, task_index: int):
-  """iCaRL: the prompts of every class of tasks before `task_index`, and for
-  each of those tasks its slice of them."""
-  names, spans = [], []
-  for task in exp.tasks[:task_index]:
-    spans.append((len(names), len(names) + len(task.class_names)))
-    names.extend(task.class_names)
-  return exp.prompt_tokens(names), spans
+  def __next__(self):
+    return next(self._batches), None
 
+  def get_state(self):
+    return self._batches.get_state()
 
-def memory_batch(exp: Experiment, exemplars: dict, task_index: int,
-                 step: int, spans) -> dict:
-  """A batch of stored exemplars of earlier tasks, labels into the union of
-  their classes, each row masked to its own task's classes."""
-  pool = [(t, int(i)) for t in range(task_index)
-          for i in exemplars[str(t)]]
-  size = exp.config.train.batch_size
-  idx = tasks_lib.batch_indices(len(pool), size, step, exp.config.seed,
-                                stream=30_000 + task_index)
-  num_classes = spans[-1][1]
-  images, labels = [], np.zeros(size, np.int32)
-  mask = np.zeros((size, num_classes), bool)
-  for row, k in enumerate(idx):
-    t, i = pool[k]
-    lo, hi = spans[t]
-    images.append(exp.tasks[t].train_images[i])
-    labels[row] = lo + exp.tasks[t].train_labels[i]
-    mask[row, lo:hi] = True
-  return {'mem_image': np.stack(images), 'mem_label': labels,
-          'mem_mask': mask}
-
-
-def _chunks(array, size: int):
-  """Consecutive slices of at most `size` rows (task-end passes over a
-  task's training images)."""
-  return (array[s:s + size] for s in range(0, len(array), size))
-
-
-def herding(features: np.ndarray, m: int) -> list[int]:
-  """iCaRL's herding: greedily picks m rows whose running mean stays closest
-  to the mean of all rows (features L2-normalised)."""
-  f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True),
-                            1e-12)
-  mu = f.mean(0)
-  chosen, total = [], np.zeros_like(mu)
-  for k in range(min(m, len(f))):
-    gaps = np.linalg.norm(mu - (total + f) / (k + 1), axis=1)
-    gaps[chosen] = np.inf
-    i = int(np.argmin(gaps))
-    chosen.append(i)
-    total += f[i]
-  return chosen
-
-
-def select_exemplars(exp: Experiment, params, task) -> list[int]:
-  """Herding per class on the image features of the model after the task."""
-  encode = jax.jit(lambda p, x: exp.model.apply(
-      {'params': p}, tasks_lib.preprocess(x), method=clip.CLIP.encode_image))
-  feats = []
-  bs = exp.config.eval.batch_size
-  with exp.context():
-    for images in _chunks(task.train_images, bs):
-      feats.append(np.asarray(encode(params, images)))
-  feats = np.concatenate(feats)
-  out = []
-  per_class = exp.config.method_kwargs.exemplars_per_class
-  for c in range(len(task.class_names)):
-    members = np.flatnonzero(task.train_labels == c)
-    out.extend(members[herding(feats[members], per_class)].tolist())
-  return out
-
-
-def ewc_fisher(exp: Experiment, params, task, task_index: int, prompts):
-  """EWC's diagonal Fisher of the finished task: mean over
-  `ewc_batches` batches of the squared CE gradient."""
-  fisher_fn = steps_lib.make_fisher_fn(exp)
-  n = exp.config.method_kwargs.ewc_batches
-  total = None
-  with exp.context():
-    for b in range(n):
-      batch = exp.put_batch(task_batch(task, 10_000 + b,
-                                       exp.config.train.batch_size,
-                                       exp.config.seed, task_index))
-      f = fisher_fn(params, batch, {'task': prompts})
-      total = f if total is None else jax.tree.map(jnp.add, total, f)
-  return jax.tree.map(lambda x: x / n, total)
-
-
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _running_mean(mean, params, count):
-  """(mean * count + params) / (count + 1), leafwise."""
-  return jax.tree.map(lambda m, p: (m * count + p) / (count + 1), mean,
-                      params)
-
-
-@jax.jit
-def _interpolate(before, after, alpha):
-  """(1 - alpha) * before + alpha * after, leafwise (WiSE-FT)."""
-  return jax.tree.map(lambda b, a: (1 - alpha) * b + alpha * a, before, after)
-
-
-def begin_task(exp: Experiment, state: dict, opt_init):
-  """A task starts: fresh optimiser; anchor / ensemble = params now."""
-  state['opt'] = opt_init(state['params'])
-  for name in ('anchor', 'ensemble'):
-    if name in state:
-      state[name] = _copy(state['params'])
-  return state
-
-
-def end_task(exp: Experiment, state: dict, meta: dict, t: int, prompts):
-  """Post-task updates of the methods (all before the task's evaluation)."""
-  method, kw = exp.method, exp.config.method_kwargs
-  if method.weight_ensemble:  # ZSCL: the task's result is the ensemble
-    state['ensemble'] = _running_mean(state['ensemble'], state['params'],
-                                      meta['ensemble_count'])
-    state['params'] = _copy(state['ensemble'])
-  if method.wise:
-    state['params'] = _interpolate(state['anchor'], state['params'],
-                                   kw.wise_alpha)
-  if method.regularizer == 'ewc':
-    fisher = ewc_fisher(exp, state['params'], exp.tasks[t], t, prompts)
-    state['fisher'] = jax.tree.map(jnp.add, state['fisher'], fisher)
-  if method.memory:
-    meta.setdefault('exemplars', {})[str(t)] = select_exemplars(
-        exp, state['params'], exp.tasks[t])
-  if method.adapter:
-    state['params'] = adapter_task_end(exp, state['params'], t, prompts)
-  return state
-
-
-def adapter_task_end(exp: Experiment, params, t: int, prompts):
-  """MoE-Adapters: freeze the task's most used experts; DIKI: fit the
-  task's feature Gaussian; both: mark the task trained."""
-  task, model = exp.tasks[t], exp.model
-  bs = exp.config.eval.batch_size
-  params = adapters.mark_task_trained(params, t)
-  with exp.context():
-    if exp.method.adapter == 'moe':
-      counts_fn = jax.jit(lambda p, x, tok: adapters.expert_counts(
-          model, p, tasks_lib.preprocess(x), tok, t))
-      counts = None
-      for images in _chunks(task.train_images, bs):
-        c = jax.device_get(counts_fn(params, images, prompts))
-        counts = c if counts is None else jax.tree.map(np.add, counts, c)
-      params = adapters.freeze_experts(params, counts,
-                                       model.adapter.freeze_top)
-    else:
-      feats_fn = jax.jit(lambda p, x: adapters.calibration_features(
-          model, p, tasks_lib.preprocess(x)))
-      feats = np.concatenate([
-          np.asarray(feats_fn(params, images))
-          for images in _chunks(task.train_images, bs)])
-      params = adapters.set_calibration(params, t,
-                                        adapters.fit_calibration(feats))
-  return jax.device_put(params, exp.param_shardings)
+  def close(self):
+    self._batches.close()
 
 
 # ------------------------------------------------------------ the sequence --
 
 
+@workdir_lib.guarded  # issue 13: validate, lock, fingerprint, finish saves
 def run(config, workdir: str) -> dict:
-  """Runs (or resumes) the whole continual experiment; returns the results."""
+  """Runs (or resumes) the whole continual experiment; returns the results.
+
+  Init or restore, then for each phase (a task, or one phase over
+  all tasks): the method's task-begin actions, the steps, its task-end
+  actions, evaluation, a checkpoint. Everything a method does is a hook of
+  `exp.method` (docs/methods.md)."""
   wall_start = time.time()
   exp = setup(config, workdir)
   workdir = exp.workdir  # absolute: orbax requires absolute paths
   writer = report.summary_writer(workdir) if _is_lead() else None
-  cfg = exp.config
-  kw = cfg.method_kwargs
-  num_tasks, steps = len(exp.tasks), cfg.train.steps_per_task
-  method = exp.method
+  cfg, method = exp.config, exp.method
+  num_phases, steps = method.phases(len(exp.tasks), cfg.train.steps_per_task)
   evaluate = make_evaluator(exp)
-  if method.joint:  # one pass over all tasks: the multi-task upper bound
-    num_phases, steps = 1, steps * num_tasks
-  else:
-    num_phases = num_tasks
-
-  labels = None
-  if method.adapter:  # only adapter leaves train, at the adapters' own lr
-    labels = adapters.optimizer_labels(nn.unbox(jax.eval_shape(
-        functools.partial(clip.init_params, exp.model), jax.random.key(0))),
-                                       method.name)
-  tx = make_optimizer(lr=kw.adapter_lr if method.adapter else cfg.train.lr,
-                      steps=steps, warmup_steps=cfg.train.warmup_steps,
-                      weight_decay=cfg.train.weight_decay,
-                      freeze_logit_scale=cfg.train.freeze_logit_scale,
-                      labels=labels)
+  tx = build_optimizer(exp, steps)
   shardings_ = state_shardings(exp, tx, exp.state_trees)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                keep=cfg.checkpoint.keep)
   opt_init = jax.jit(tx.init, out_shardings=shardings_['opt'])
-  latest = ckpt.latest_step()
-
-  if latest is None:
-    params = initial_params(exp, writer)
-    zs_acc, zs_auc = evaluate_all(exp, evaluate, params, 'zero-shot eval')
-    meta = {'task': 0, 'step': 0, 'zero_shot': zs_acc, 'zero_shot_auc': zs_auc,
-            'acc_rows': [], 'auc_rows': [], 'train_curves': [],
-            'elapsed': 0.0, 'ensemble_count': 1, 'reference': []}
-    state = {'params': params, 'opt': opt_init(params),
-             **initial_trees(exp, params)}
-    report.scalars(writer, 'zero_shot', dict(zip(
-        [t.name for t in exp.tasks], zs_acc)), 0)
-    ckpt.save(0, state, meta)
-    prior = 0.0
-  else:
-    abstract = jax.eval_shape(lambda: _fresh_state(exp, tx, exp.state_trees))
-    state, meta = ckpt.restore(
-        latest, ckpt_lib.abstract_like(abstract, shardings_))
-    log.info('resumed from step %d (task %d, step %d)', latest, meta['task'],
-             meta['step'])
-    prior = meta['elapsed']
+  state, meta = _init_or_restore(exp, tx, shardings_, ckpt, evaluate, writer,
+                                 opt_init)
+  prior = meta['elapsed']
   elapsed = lambda: prior + time.time() - wall_start
 
-  source = make_reference_source(exp) if method.trains else None
-  step_fn = make_task_step(exp, tx, shardings_)
+  step_fn = make_task_step(exp, tx, shardings_) if method.trains else None
   for t in range(meta['task'], num_phases):
-    task = exp.tasks[t]
-    start = meta['step']
-    name = 'joint' if method.joint else task.name
     if method.trains:
-      if start == 0:  # a task starts: fresh optimiser, anchor = params now
-        state = begin_task(exp, state, opt_init)
-        meta['ensemble_count'] = 1
-      if source is not None:  # (re)builds the same set on a resume
-        stats = source.prepare(t, steps_lib.teacher_params(
-            state, kw.get('teacher', 'previous')))
-        if start == 0:
-          meta['reference'].append(stats)
-      prompts = {'task': exp.replicated(exp.prompt_tokens(task.class_names))}
-      if method.adapter:
-        prompts['task_id'] = exp.replicated(np.int32(t))
-      spans = None
-      if method.memory and t > 0:
-        tokens, spans = memory_prompts(exp, t)
-        prompts['memory'] = exp.replicated(tokens)
-      if method.joint:
-        all_prompts = [exp.replicated(exp.prompt_tokens(x.class_names))
-                       for x in exp.tasks]
-      bar = report.progress(range(start, steps), initial=start, total=steps,
-                            desc=f'task {t + 1}/{num_phases} {name}')
-      # The loss curve so far survives a mid-task resume through `meta`.
-      curve = meta.setdefault('partial_curve', []) if start else []
-      meta['partial_curve'] = curve
-      # Joint training draws from every task in turn (stateless sampler).
-      batches = (TaskBatches(exp, task, t, start, meta.get('pipeline'))
-                 if not method.joint else None)
-      # Reference batches are built and placed ahead on a host thread.
-      references = (prefetch(source, t, range(start, steps), exp.put_batch)
-                    if source is not None else None)
-      with exp.context():
-        for s in bar:
-          if method.joint:  # round-robin over tasks, each with its prompts
-            task_now = s % num_tasks
-            batch = exp.put_batch(task_batch(
-                exp.tasks[task_now], s // num_tasks, cfg.train.batch_size,
-                cfg.seed, task_now))
-            prompts = {'task': all_prompts[task_now]}
-          else:
-            batch = next(batches)
-          if references is not None:
-            ref = next(references)
-            batch = dict(batch, ref_image=ref['image'],
-                         ref_tokens=ref['tokens'])
-          if spans is not None:
-            batch = dict(batch, **exp.put_batch(
-                memory_batch(exp, meta['exemplars'], t, s, spans)))
-          if method.adapter:  # gating noise keyed by the global step
-            prompts['step'] = exp.replicated(np.int32(t * steps + s))
-          state, m = step_fn(state, batch, prompts)
-          if method.weight_ensemble and (s + 1) % kw.we_every == 0 and (
-              s + 1 < steps):
-            state['ensemble'] = _running_mean(
-                state['ensemble'], state['params'], meta['ensemble_count'])
-            meta['ensemble_count'] += 1
-          if (s + 1) % cfg.train.log_every == 0 or s + 1 == steps:
-            m = jax.device_get(m)
-            bar.set_postfix(loss=f"{m['loss']:.3f}",
-                            acc=f"{m['train_accuracy']:.2f}")
-            report.scalars(writer, f'train/{name}', m, t * steps + s + 1)
-            curve.append([s + 1, float(m['loss'])])
-          if (s + 1) % cfg.checkpoint.every_steps == 0 and s + 1 < steps:
-            meta.update(step=s + 1, elapsed=elapsed(),
-                        pipeline=batches and batches.get_state())
-            ckpt.save(t * steps + s + 1, state, meta)
-      if batches is not None:
-        batches.close()
-      if references is not None:
-        references.close()
-      meta.pop('pipeline', None)
-      state = end_task(exp, state, meta, t, prompts['task'])
-      meta['train_curves'].append({'task': name,
-                                   'loss': meta.pop('partial_curve')})
+      state = train_phase(exp, state, meta, t, steps, step_fn, opt_init,
+                          ckpt, writer, elapsed, num_phases)
     if method.trains or t == 0:
       acc, auc = evaluate_all(exp, evaluate, state['params'],
                               f'eval after task {t + 1}')
-    else:  # zero-shot: the model never changes, every row is the same
+    else:  # no training: the model never changes, every row is the same
       acc, auc = list(meta['zero_shot']), list(meta['zero_shot_auc'])
     meta['acc_rows'].append(acc)
     meta['auc_rows'].append(auc)
@@ -799,10 +494,113 @@ def run(config, workdir: str) -> dict:
   if _is_lead():
     report.write_outputs(workdir, results)
     print(report.format_table(results))
+    print(report.final_summary(results, workdir))
   if writer is not None:
     writer.close()
   _sync('done')
   return results
+
+
+def build_optimizer(exp: Experiment, steps: int):
+  """The task optimiser: AdamW at config.train.lr, or the method's own lr
+  and trainable-leaf labels (adapters)."""
+  cfg = exp.config
+  abstract = nn.unbox(jax.eval_shape(
+      functools.partial(clip.init_params, exp.model), jax.random.key(0)))
+  own = exp.method.optimizer(cfg, abstract) or {}
+  return make_optimizer(lr=own.get('lr', cfg.train.lr), steps=steps,
+                        warmup_steps=cfg.train.warmup_steps,
+                        weight_decay=cfg.train.weight_decay,
+                        freeze_logit_scale=cfg.train.freeze_logit_scale,
+                        labels=own.get('labels'))
+
+
+def _init_or_restore(exp, tx, shardings_, ckpt, evaluate, writer, opt_init):
+  """A fresh state (initial params, zero-shot rows, the method's trees) and
+  record, or the latest checkpoint's."""
+  latest = ckpt.latest_step()
+  if latest is None:
+    params = initial_params(exp, writer)
+    zs_acc, zs_auc = evaluate_all(exp, evaluate, params, 'zero-shot eval')
+    meta = {'task': 0, 'step': 0, 'zero_shot': zs_acc, 'zero_shot_auc': zs_auc,
+            'acc_rows': [], 'auc_rows': [], 'train_curves': [],
+            'elapsed': 0.0, 'reference': []}
+    state = {'params': params, 'opt': opt_init(params),
+             **initial_trees(exp, params)}
+    report.scalars(writer, 'zero_shot', dict(zip(
+        [t.name for t in exp.tasks], zs_acc)), 0)
+    ckpt.save(0, state, meta)
+    return state, meta
+  abstract = jax.eval_shape(lambda: _fresh_state(exp, tx, exp.state_trees))
+  state, meta = ckpt.restore(latest, ckpt_lib.abstract_like(abstract,
+                                                           shardings_))
+  # A corrupt latest checkpoint falls back to an earlier one: log its own
+  # task and step.
+  log.info('resumed at task %d, step %d', meta['task'], meta['step'])
+  return state, meta
+
+
+def _log_point(curve: dict, s: int, m: dict):
+  """Appends step s's loss, every loss term and every gradient share."""
+  curve['loss'].append([s, float(m['loss'])])
+  for k, v in m.items():
+    if k.startswith('grad_share/'):
+      curve['grad_share'].setdefault(k.split('/', 1)[1], []).append(
+          [s, float(v)])
+    elif k not in ('loss', 'grad_norm', 'train_accuracy'):
+      curve['terms'].setdefault(k, []).append([s, float(v)])
+
+
+def train_phase(exp, state, meta, t, steps, step_fn, opt_init, ckpt, writer,
+                elapsed, num_phases):
+  """Trains phase t from meta['step'] to `steps`, then the method's
+  task-end actions; the record `meta` carries everything a resume needs."""
+  cfg, method = exp.config, exp.method
+  task, start = exp.tasks[t], meta['step']
+  # One phase over every task (multi-task training) is named for all.
+  name = task.name if num_phases == len(exp.tasks) else 'all_tasks'
+  if start == 0:  # a task starts: fresh optimiser, the method's resets
+    state['opt'] = opt_init(state['params'])
+    state = method.begin_task(exp, state, meta, t)
+  method.open_task(exp, state, meta, t, start)  # (re)builds reference sets
+  prompts = {'task': exp.replicated(exp.prompt_tokens(task.class_names)),
+             **method.task_prompts(exp, meta, t)}
+  stream = method.stream(exp, t, start, meta) or _TaskStream(
+      TaskBatches(exp, task, t, start, meta.get('pipeline')))
+  bar = report.progress(range(start, steps), initial=start, total=steps,
+                        desc=f'task {t + 1}/{num_phases} {name}')
+  # The curves so far survive a mid-task resume through `meta`.
+  curve = meta.get('partial_curve') if start else None
+  curve = curve or {'loss': [], 'terms': {}, 'grad_share': {}}
+  meta['partial_curve'] = curve
+  with exp.context():
+    for s in bar:
+      batch, phase_prompts = next(stream)
+      batch = dict(batch, **method.extra_batch(exp, meta, t, s))
+      step_prompts = dict(prompts, **method.step_prompts(exp, t, s, steps))
+      if phase_prompts is not None:
+        step_prompts['task'] = phase_prompts
+      state, m = step_fn(state, batch, step_prompts)
+      state = method.after_step(exp, state, meta, t, s, steps)
+      if (s + 1) % cfg.train.log_every == 0 or s + 1 == steps:
+        m = jax.device_get(m)
+        # A NaN loss stops the run, naming the step (the last good
+        # checkpoint stays).
+        ckpt_lib.check_finite(m, f'task {t + 1} ({name}) step {s + 1}')
+        bar.set_postfix(loss=f"{m['loss']:.3f}",
+                        acc=f"{m['train_accuracy']:.2f}")
+        report.scalars(writer, f'train/{name}', m, t * steps + s + 1)
+        _log_point(curve, s + 1, m)
+      if (s + 1) % cfg.checkpoint.every_steps == 0 and s + 1 < steps:
+        meta.update(step=s + 1, elapsed=elapsed(), pipeline=stream.get_state())
+        ckpt.save(t * steps + s + 1, state, meta)
+  stream.close()
+  method.close_task()
+  meta.pop('pipeline', None)
+  state = method.end_task(exp, state, meta, t, prompts)
+  curve = meta.pop('partial_curve')
+  meta['train_curves'].append({'task': name, **curve})
+  return state
 
 
 def _fresh_state(exp: Experiment, tx, trees=()):

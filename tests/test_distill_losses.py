@@ -148,3 +148,76 @@ def test_distillation_kl_matches_numpy(tau):
   expected = np_kl_rows(np.float64(t) / tau, np.float64(s) / tau) * tau ** 2
   got = losses.distillation_kl(s, t, temperature=tau)
   assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize('normalize', ['none', 'mean', 'max'])
+def test_dfg_normalisation_matches_numpy(normalize):
+  rng = np.random.default_rng(7)
+  g = {'a': rng.normal(size=(4, 3)) * 1e-4, 'b': rng.normal(size=5)}
+  p = {k: rng.normal(size=v.shape) for k, v in g.items()}
+  q = {k: rng.normal(size=v.shape) for k, v in g.items()}
+  want = 0.0
+  for k in g:
+    w = np.square(g[k])
+    w = {'none': w, 'mean': w / w.mean(), 'max': w / w.max()}[normalize]
+    want += float((w * (p[k] - q[k]) ** 2).sum())
+  f32 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), t)
+  got = losses.dynamic_fisher_guard(f32(p), f32(q), f32(g),
+                                    normalize=normalize)
+  assert float(got) == pytest.approx(want, rel=1e-4)
+  if normalize == 'mean':  # weights average 1 per tensor, whatever g's scale
+    w = losses.dfg_weights(f32(g), normalize='mean')
+    assert float(jnp.mean(w['a'])) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_dfg_normalisation_is_named_when_bad():
+  with pytest.raises(ValueError, match='dfg_normalize'):
+    losses.dfg_weights({'a': jnp.ones(2)}, normalize='sum')
+
+
+def np_snd(s, prev, init, threshold, scale):
+  s, prev, init = (np.asarray(x, np.float64) for x in (s, prev, init))
+  score = 1 / (1 + np.exp(-scale * (np.linalg.norm(prev - init, axis=1)
+                                    - threshold)))
+  return (float(np.mean(score * np.linalg.norm(s - prev, axis=1))),
+          float(np.mean((1 - score) * np.linalg.norm(s - init, axis=1))))
+
+
+def test_selective_dual_teacher_kd_matches_numpy():
+  rng = np.random.default_rng(3)
+  s, prev, init = (rng.normal(size=(6, 4)).astype(np.float32)
+                   for _ in range(3))
+  init[:2] = prev[:2]  # teachers agree: these rows go to the initial model
+  got = losses.selective_dual_teacher_kd(s, prev, init, threshold=0.3,
+                                         scale=5.0)
+  want = np_snd(s, prev, init, 0.3, 5.0)
+  np.testing.assert_allclose([float(x) for x in got], want, rtol=1e-5)
+  # B = 1, student = previous teacher, teachers far apart: both ~0.
+  far = np.array([[10.0, 0.0]], np.float32)
+  one = losses.selective_dual_teacher_kd(far, far, -far)
+  assert float(one[0]) == 0.0 and float(one[1]) < 1e-10
+
+
+def np_ita(logits, same, smoothing):
+  logits = np.asarray(logits, np.float64)
+  t = same / same.sum(1, keepdims=True)
+  t = t * (1 - smoothing) + smoothing / t.shape[1]
+  rows = -(t * np_log_softmax(logits, 1)).sum(1).mean()
+  cols = -(t.T * np_log_softmax(logits.T, 1)).sum(1).mean()
+  return float(rows + cols)
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.2])
+def test_soft_image_text_alignment_matches_numpy(smoothing):
+  rng = np.random.default_rng(4)
+  logits = rng.normal(size=(5, 5)).astype(np.float32)
+  cls = np.array([0, 1, 0, 2, 1])
+  same = cls[:, None] == cls[None, :]
+  got = losses.soft_image_text_alignment(logits, same,
+                                         label_smoothing=smoothing)
+  assert float(got) == pytest.approx(np_ita(logits, same, smoothing),
+                                     rel=1e-5)
+  # Unique captions: the identity targets of CMC ('both').
+  eye = np.eye(5, dtype=bool)
+  assert float(losses.soft_image_text_alignment(logits, eye)) == \
+      pytest.approx(np_cmc(logits, 'both'), rel=1e-5)

@@ -14,25 +14,47 @@ import pytest
 
 from configs import mgtil_synth
 from mgtil_jax import compare, losses, methods, steps, train
-from mgtil_jax.models import clip
+from mgtil_jax.methods import icarl, parts
+from mgtil_jax.models import adapters, clip
 
 
-def _setup(tmp_path, method, **kwargs):
+@pytest.fixture(scope='module')
+def data_cache(tmp_path_factory):
+  """One synthetic-data cache for every case of this module."""
+  return str(tmp_path_factory.mktemp('cache'))
+
+
+def _setup(tmp_path, method, cache_dir='', **kwargs):
   config = mgtil_synth.get_config(f'runlocal,tasks=1,method={method}')
+  config.cache_dir = cache_dir
   for k, v in kwargs.items():
     config.method_kwargs[k] = v
   return train.setup(config, str(tmp_path / 'w'))
 
 
+def _perturbed(exp, params, seed, scale=0.05):
+  other = train.init_params(exp, seed=seed)
+  return jax.tree.map(lambda a, p: p + scale * (a - p), other, params)
+
+
 def _state(exp, tx, shardings):
+  """params + opt + every tree the method keeps: anchor / initial differ
+  from params (so CKT, DFG, pulls are not trivially zero), a random
+  positive Fisher."""
   params = train.init_params(exp, seed=0)
-  # A previous-task model that differs from the current one, so that CKT and
-  # DFG are not trivially zero.
-  anchor = train.init_params(exp, seed=1)
-  anchor = jax.tree.map(lambda a, p: p + 0.05 * (a - p), anchor, params)
   with exp.context():
     opt = jax.jit(tx.init, out_shardings=shardings['opt'])(params)
-  return {'params': params, 'opt': opt, 'anchor': anchor}
+  state = {'params': params, 'opt': opt}
+  for name in exp.state_trees:
+    if name == 'fisher':
+      leaves, tree = jax.tree.flatten(jax.device_get(params))
+      rng = np.random.default_rng(5)
+      state[name] = jax.tree.unflatten(tree, [
+          rng.uniform(0, 1e-3, np.shape(x)).astype(np.float32)
+          for x in leaves])
+    else:
+      state[name] = _perturbed(exp, params, {'anchor': 1}.get(name, 2))
+  return state
 
 
 def _ref_batch(exp, b=8):
@@ -47,73 +69,180 @@ def _ref_batch(exp, b=8):
   return batch
 
 
-@pytest.mark.parametrize('method,regularizer', [
-    ('primed', 'dfg'), ('primed', 'l2'), ('lwf', ''), ('ewc', '')])
-def test_step_equals_autodiff_of_the_total_loss(tmp_path, method,
-                                                regularizer):
-  exp = _setup(tmp_path, method, regularizer=regularizer)
+def _np_dfg_weights(grads, normalize):
+  """Independent of losses.dfg_weights: g^2, then / mean or / max."""
+  def one(g):
+    w = np.square(np.asarray(g, np.float64))
+    if normalize == 'mean':
+      w = w / (w.mean() + 1e-30)
+    elif normalize == 'max':
+      w = w / (w.max() + 1e-30)
+    return w.astype(np.float32)
+  return jax.tree.map(one, grads)
+
+
+# Every training method, and the ablation settings whose math differs; the
+# cases beyond one per kind of hook are marked slow (each compiles a step).
+_SLOW = pytest.mark.slow
+CASES = [
+    ('ft', {}), ('joint', {}), ('l2', {}), ('ewc', {}), ('lwf', {}),
+    ('icarl', {}), ('wiseft', {}), ('zscl', {}),
+    ('primed', {'dfg_normalize': 'mean'}),
+    ('primed', {'dfg_normalize': 'none'}),
+    ('primed', {'dfg_normalize': 'max', 'granularity': 'image'}),
+    ('primed', {'regularizer': 'l2', 'teacher': 'wise'}),
+    ('primed', {'regularizer': 'ewc', 'teacher': 'initial'}),
+    ('primed_uni', {}), ('moe_adapters', {}), ('diki', {}), ('snd', {}),
+    ('gift', {}),
+]
+
+
+FAST = {('ft', ()), ('icarl', ()), ('primed', ('mean',)), ('gift', ()),
+        ('moe_adapters', ()), ('ewc', ())}
+
+
+def _case(m, k):
+  marks = () if (m, tuple(k.values())) in FAST else (_SLOW,)
+  return pytest.param(m, k, marks=marks,
+                      id=f'{m}-{"-".join(map(str, k.values()))}')
+
+
+@pytest.mark.parametrize('method,kwargs', [_case(m, k) for m, k in CASES])
+def test_step_equals_autodiff_of_the_total_loss(tmp_path, data_cache, method,
+                                                kwargs):
+  """The step's SGD(1) update equals jax.value_and_grad of the total loss
+  written out here term by term from the method's equations
+  (docs/methods.md), with DFG's weights from a separate jax.grad of the
+  distillation terms normalised in NumPy."""
+  exp = _setup(tmp_path, method, data_cache, **kwargs)
   kw = exp.config.method_kwargs
   tx = optax.sgd(1.0)  # new params = params - total gradient
   shardings = train.state_shardings(exp, tx, exp.state_trees)
   state = _state(exp, tx, shardings)
-  if method == 'ewc':  # a random positive Fisher diagonal
-    leaves, tree = jax.tree.flatten(jax.device_get(state['params']))
-    rng = np.random.default_rng(5)
-    state['fisher'] = jax.tree.unflatten(tree, [
-        rng.uniform(0, 1e-3, np.shape(x)).astype(np.float32) for x in leaves])
   host = _ref_batch(exp)
-  if method != 'primed':
-    host = {k: host[k] for k in ('image', 'label')}
-  prompts = exp.tokenizer(['a photo of ' + c
-                           for c in exp.tasks[0].class_names])
+  names = exp.tasks[0].class_names
+  prompts = exp.tokenizer(['a photo of ' + c for c in names])
+  placed_prompts = {'task': exp.replicated(prompts)}
+  if method == 'icarl':  # one earlier "task" with the same classes
+    rng = np.random.default_rng(3)
+    host['mem_image'] = host['image'][::-1].copy()
+    host['mem_label'] = rng.integers(0, len(names), 16).astype(np.int32)
+    host['mem_mask'] = np.ones((16, len(names)), bool)
+    placed_prompts['memory'] = exp.replicated(prompts)
+  adapter = method in ('moe_adapters', 'diki')
+  if adapter:
+    placed_prompts.update(task_id=exp.replicated(np.int32(0)),
+                          step=exp.replicated(np.int32(3)))
+  if not exp.method.distill:
+    host = {k: v for k, v in host.items() if not k.startswith('ref_')}
   params0 = jax.device_get(state['params'])
-  anchor = jax.device_get(state['anchor'])
-  fisher = jax.device_get(state.get('fisher'))
-
-  # Reference: one explicit scalar, differentiated as a whole. DFG's W is
-  # taken from a separate jax.grad of the distillation terms (a constant).
+  trees = {k: jax.device_get(state[k]) for k in exp.state_trees}
+  teacher_kind = kw.teacher
+  teacher = {'previous': trees.get('anchor'), 'initial': trees.get('initial')
+             }.get(teacher_kind)
+  if teacher_kind == 'wise':
+    teacher = jax.tree.map(lambda a, b: 0.5 * (a + b), trees['anchor'],
+                           trees['initial'])
+  reg = kw.regularizer or 'dfg'
   model, smoothing = exp.model, exp.config.train.label_smoothing
   from mgtil_jax.data import tasks as tasks_lib
 
-  def distill(p):
-    zs = steps.pair_logits(model, p, host['ref_image'], host['ref_tokens'])
-    zt = steps.pair_logits(model, anchor, host['ref_image'],
-                           host['ref_tokens'])
-    return (kw.alpha * losses.cross_modal_kd(zs, zt,
-                                             temperature=kw.kd_temperature)
-            + kw.beta * losses.cross_modal_contrastive(zs))
+  def pairs(p):
+    img, txt, scale = model.apply({'params': p}, tasks_lib.preprocess(
+        host['ref_image']), host['ref_tokens'])
+    return jnp.exp(scale) * clip.l2_normalize(img) @ clip.l2_normalize(txt).T
 
-  def logits(p):
-    return clip.classify_logits(model, p, tasks_lib.preprocess(
-        host['image']), prompts, 1)
+  def distill(p):
+    zs, zt = pairs(p), pairs(teacher)
+    out = kw.alpha * losses.cross_modal_kd(zs, zt,
+                                           temperature=kw.kd_temperature,
+                                           direction=kw.granularity)
+    if method.startswith('primed'):
+      out += kw.beta * losses.cross_modal_contrastive(
+          zs, direction=kw.granularity)
+    return out
+
+  def features(p):
+    return clip.l2_normalize(model.apply(
+        {'params': p}, tasks_lib.preprocess(host['ref_image']),
+        method=clip.CLIP.encode_image))
+
+  def snd(p):
+    prev, init = losses.selective_dual_teacher_kd(
+        features(p), features(trees['anchor']), features(trees['initial']),
+        threshold=kw.snd_threshold, scale=kw.snd_scale)
+    return kw.snd_prev_weight * prev + kw.snd_init_weight * init
+
+  def gift(p):
+    zs, zt = pairs(p), pairs(trees['initial'])
+    toks = np.asarray(host['ref_tokens'])
+    same = (toks[:, None, :] == toks[None, :, :]).all(-1)
+    return (kw.gift_kd_weight * losses.cross_modal_kd(
+        zs, zt, temperature=kw.kd_temperature)
+            + kw.gift_ita_weight * losses.soft_image_text_alignment(
+                zs, same, label_smoothing=smoothing))
+
+  def logits(p, images, toks, **extra):
+    return clip.classify_logits(model, p, tasks_lib.preprocess(images), toks,
+                                1, **extra)
+
+  def student_kwargs():
+    if not adapter:
+      return {}
+    key = jax.random.fold_in(jax.random.key(exp.config.seed), 3)
+    return dict(task_id=jnp.int32(0), train=True, rngs={'gating': key})
+
+  if method.startswith('primed') and reg == 'dfg':
+    dfg_w = _np_dfg_weights(jax.grad(distill)(params0), kw.dfg_normalize)
+  if method == 'gift':  # AWC: GIFT's code normalises by the tensor mean
+    awc_w = _np_dfg_weights(jax.grad(gift)(params0), 'mean')
 
   def total(p):
-    out = losses.classification_loss(logits(p), host['label'],
-                                     label_smoothing=smoothing)
-    if method == 'primed':
+    out = losses.classification_loss(
+        logits(p, host['image'], prompts, **student_kwargs()), host['label'],
+        label_smoothing=smoothing)
+    if method in ('zscl',) or method.startswith('primed'):
       out += distill(p)
-    if regularizer == 'dfg':
-      w = jax.tree.map(jnp.square, jax.grad(distill)(params0))
-      out += kw.dfg_weight * losses.weighted_l2(p, anchor, w)
-    elif regularizer == 'l2':
-      out += kw.l2_weight * losses.l2_to_anchor(p, anchor)
-    elif method == 'ewc':
-      out += kw.ewc_weight * losses.weighted_l2(p, anchor, fisher)
-    elif method == 'lwf':
+    if method == 'l2' or method == 'zscl' or (
+        method.startswith('primed') and reg == 'l2'):
+      out += kw.l2_weight * losses.l2_to_anchor(p, trees['anchor'])
+    if method == 'ewc' or (method.startswith('primed') and reg == 'ewc'):
+      out += kw.ewc_weight * losses.weighted_l2(p, trees['anchor'],
+                                                trees['fisher'])
+    if method.startswith('primed') and reg == 'dfg':
+      out += kw.dfg_weight * losses.weighted_l2(p, trees['anchor'], dfg_w)
+    if method == 'snd':
+      out += snd(p)
+    if method == 'gift':
+      out += gift(p)
+      out += kw.gift_awc_weight * losses.weighted_l2(p, trees['anchor'],
+                                                     awc_w)
+    if method == 'lwf':
       out += kw.lwf_weight * losses.distillation_kl(
-          logits(p), logits(anchor), temperature=kw.lwf_temperature)
+          logits(p, host['image'], prompts),
+          logits(teacher, host['image'], prompts),
+          temperature=kw.lwf_temperature)
+    if method == 'icarl':
+      mem = logits(p, host['mem_image'], prompts)
+      out += losses.classification_loss(mem, host['mem_label'],
+                                        label_smoothing=smoothing)
+      out += kw.icarl_kd_weight * losses.distillation_kl(
+          mem, logits(teacher, host['mem_image'], prompts),
+          temperature=kw.lwf_temperature)
     return out
 
   expected_loss, expected_grad = jax.jit(jax.value_and_grad(total))(params0)
+  if adapter:  # only this task's adapter leaves move
+    expected_grad = adapters.mask_updates(expected_grad, params0, 0)
   step = steps.make_task_step(exp, tx, shardings)
   with exp.context():
-    new_state, m = step(state, exp.put_batch(host),
-                        {'task': exp.replicated(prompts)})
+    new_state, m = step(state, exp.put_batch(host), placed_prompts)
   assert float(m['loss']) == pytest.approx(float(expected_loss), rel=1e-4)
-  if method == 'primed':
+  shares = [float(v) for k, v in m.items() if k.startswith('grad_share/')]
+  assert sum(shares) == pytest.approx(1.0, rel=1e-4)
+  if method.startswith('primed'):
     assert float(m['ckt']) > 0 and float(m['cmc']) > 0
-  if regularizer == 'dfg':
-    assert float(m['dfg']) > 0
+    assert float(m[{'dfg': 'dfg'}.get(reg, 'reg')]) > 0
   got = jax.tree.map(lambda a, b: a - b, params0,
                      jax.device_get(new_state['params']))
   for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected_grad)):
@@ -121,18 +250,21 @@ def test_step_equals_autodiff_of_the_total_loss(tmp_path, method,
 
 
 def test_dfg_weights_are_zero_when_distillation_is_flat():
-  # W = g^2 of the distillation terms: a zero gradient means no guard.
+  # W = g^2 of the distillation terms: a zero gradient means no guard, with
+  # or without normalisation.
   g = {'w': jnp.zeros(3)}
-  assert float(losses.dynamic_fisher_guard({'w': jnp.ones(3)},
-                                           {'w': jnp.zeros(3)}, g)) == 0.0
+  for normalize in ('none', 'mean', 'max'):
+    assert float(losses.dynamic_fisher_guard(
+        {'w': jnp.ones(3)}, {'w': jnp.zeros(3)}, g,
+        normalize=normalize)) == 0.0
 
 
 def test_teachers():
   state = {'anchor': {'w': jnp.array([2.0])},
            'initial': {'w': jnp.array([4.0])}}
-  assert float(steps.teacher_params(state, 'previous')['w'][0]) == 2.0
-  assert float(steps.teacher_params(state, 'initial')['w'][0]) == 4.0
-  assert float(steps.teacher_params(state, 'wise')['w'][0]) == 3.0
+  assert float(methods.teacher_params(state, 'previous')['w'][0]) == 2.0
+  assert float(methods.teacher_params(state, 'initial')['w'][0]) == 4.0
+  assert float(methods.teacher_params(state, 'wise')['w'][0]) == 3.0
 
 
 def np_herding(f, m):
@@ -154,23 +286,24 @@ def np_herding(f, m):
 
 def test_herding_matches_reference():
   f = np.random.default_rng(0).normal(size=(30, 5))
-  assert train.herding(f, 7) == np_herding(f, 7)
-  assert len(set(train.herding(f, 40))) == 30  # capped at the class size
+  assert icarl.herding(f, 7) == np_herding(f, 7)
+  assert len(set(icarl.herding(f, 40))) == 30  # capped at the class size
 
 
 def test_weight_averaging():
   mean = {'w': jnp.array([1.0, 3.0])}
   params = {'w': jnp.array([4.0, 0.0])}
   # (mean * 2 + params) / 3
-  np.testing.assert_allclose(train._running_mean(mean, params, 2)['w'],
+  np.testing.assert_allclose(parts.running_mean(mean, params, 2)['w'],
                              [2.0, 2.0])
-  np.testing.assert_allclose(train._interpolate(
+  np.testing.assert_allclose(parts.interpolate(
       {'w': jnp.array([0.0])}, {'w': jnp.array([10.0])}, 0.3)['w'], [3.0])
 
 
 @pytest.mark.parametrize('field,value', [('regularizer', 'ridge'),
                                          ('teacher', 'oracle'),
-                                         ('reference', 'web')])
+                                         ('reference', 'web'),
+                                         ('dfg_normalize', 'sum')])
 def test_bad_method_kwargs_name_the_field(field, value):
   with pytest.raises(ValueError, match=f'config.method_kwargs.{field}'):
     methods.get_method('primed', {field: value})
@@ -178,7 +311,7 @@ def test_bad_method_kwargs_name_the_field(field, value):
 
 def test_state_trees_follow_the_method():
   kw = {'teacher': 'previous'}
-  assert methods.state_trees(methods.get_method('ft'), kw) == ()
+  assert methods.get_method('ft').state_trees(kw) == ()
   assert methods.state_trees(methods.get_method('ewc'), kw) == (
       'anchor', 'fisher')
   assert 'initial' in methods.state_trees(methods.get_method('primed'),

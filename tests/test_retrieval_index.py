@@ -1,5 +1,8 @@
 """Searchers against NumPy brute force; ScaNN recall; sharded merge; saved
-indices and their identity checks."""
+indices and their identity checks; build-time recall calibration (exact
+top-k with held-out copies, tie-aware recall, the calibrated choice against
+fresh queries, the manifest, small-N exact search, unreachable targets,
+recall after the cross-shard merge)."""
 
 import os
 
@@ -132,3 +135,157 @@ def test_choose_kind_and_errors():
     index_lib.choose_kind(10, 'faiss', 1)
   with pytest.raises(FileNotFoundError):
     index_lib.load_index('/nonexistent', None, identity={})
+
+
+# ------------------------------------------------------------ calibration --
+
+
+def _topics(n, d, seed, topics=150, sub_dim=8):
+  """Unit vectors from topics with power-law sizes, each a random
+  `sub_dim`-dim subspace plus noise (a distribution on which the
+  uncalibrated defaults miss neighbours); topics fixed, rows per seed."""
+  t_rng = np.random.default_rng(100)
+  centres = t_rng.normal(size=(topics, d))
+  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+  basis = t_rng.normal(size=(topics, sub_dim, d)) / np.sqrt(d)
+  p = (np.arange(topics) + 1.0) ** -1.1
+  rng = np.random.default_rng(seed)
+  t = rng.choice(topics, n, p=p / p.sum())
+  z = rng.normal(size=(n, sub_dim))
+  x = (0.6 * centres[t] + 0.7 * np.einsum('nr,nrd->nd', z, basis[t]) +
+       0.25 * rng.normal(size=(n, d)) / np.sqrt(d))
+  return _unit(x)
+
+
+def _recall(got, ref):
+  return np.mean([len(set(a) & set(b)) / ref.shape[1]
+                  for a, b in zip(got, ref)])
+
+
+def test_exact_topk_copies_and_tie_aware_recall():
+  db = _clustered(700, 16, 10, 8)
+  db[600] = db[3]  # a caption shared by two panels
+  q = np.concatenate([db[[3, 50]], _clustered(5, 16, 10, 9)])
+  held = np.array([True, True] + [False] * 5)
+  s, p, copies = index_lib.exact_topk(db, q, 6, held, block_rows=128)
+  ref = q.astype(np.float64) @ db.astype(np.float64).T
+  ref[0, [3, 600]] = ref[1, 50] = -np.inf  # NumPy reference: copies masked
+  want = _brute(db, q, 6)
+  order = np.argsort(-ref, axis=1, kind='stable')[:, :6]
+  np.testing.assert_array_equal(p[2:], want[2:])
+  np.testing.assert_array_equal(p[:2], order[:2])
+  assert copies.tolist() == [2, 1, 0, 0, 0, 0, 0]
+  np.testing.assert_allclose(s, np.take_along_axis(ref, p, 1), atol=1e-5)
+  # Tie-aware recall: a returned copy of a true neighbour counts.
+  truth = np.array([[0.9, 0.8, 0.7]], np.float32)
+  found = np.array([[0.9, 0.7, 0.1]], np.float32)  # 2 of 3
+  assert index_lib.recall_at_k(found, truth, 3)[0] == pytest.approx(2 / 3)
+  # Fewer true neighbours than k (tiny shard): recall over those.
+  assert index_lib.recall_at_k(np.array([[0.5, -np.inf]], np.float32),
+                               np.array([[0.5, -np.inf]], np.float32),
+                               2)[0] == 1.0
+
+
+def test_calibration_reaches_target_where_defaults_do_not(tmp_path):
+  db = _topics(30000, 32, 0)
+  q = _topics(1000, 32, 1)  # held-out queries, not the calibration sample
+  ref = _brute(db, q, 10)  # NumPy float64 brute force
+  cfg = retrieval_cfg.defaults().scann
+  params = index_lib.scann_params(len(db), cfg)
+  s = index_lib.ScannSearcher.build(db, params, k=10)
+  default = _recall(s.search(q, 10)[1], ref)
+  assert default < 0.9, default  # the old fixed 2% of leaves falls short
+  built = index_lib.build_index(
+      lambda r: db[r], np.arange(len(db)), str(tmp_path / 'ix'),
+      identity={}, searcher='auto', scann_cfg=cfg, shard_rows=10**6, k=10)
+  cal = built.manifest['shards'][0]['calibration']
+  assert cal['reached'] and cal['recall_lcb'] >= 0.95
+  assert cal['leaves_to_search'] > params['num_leaves_to_search']
+  calibrated = _recall(built.search(q, 10)[1], ref)
+  # Target 0.95 on fresh queries, less 0.01 for their sampling error.
+  assert calibrated >= 0.94, (calibrated, cal)
+
+
+def test_manifest_records_calibration_and_load_uses_it(tmp_path):
+  db = _topics(6000, 16, 2)
+  pool = _topics(50, 16, 3)
+  ident = {'corpus_snapshot': 'c', 'embeddings_checksum': 'e',
+           'vectors': 'text'}
+  cfg = _cfg()
+  cfg.scann.min_size = 1000
+  cfg.scann.max_search_fraction = 1.0  # 3000-row shards need many leaves
+  built = index_lib.build_index(
+      lambda r: db[r], np.arange(6000), str(tmp_path / 'ix'), identity=ident,
+      searcher='auto', scann_cfg=cfg.scann, shard_rows=3000, k=10,
+      extra_queries=pool)
+  m = built.manifest
+  assert m['recall']['queries'] == 1050 and m['recall']['pool_queries'] == 50
+  assert m['recall']['k'] == 10 and m['recall']['target'] == 0.95
+  for shard in m['shards']:
+    cal = shard['calibration']
+    assert shard['kind'] == 'scann'
+    assert cal['curve'] and cal['curve'][0]['leaves'] == 1
+    assert shard['params']['num_leaves_to_search'] == cal['leaves_to_search']
+    assert shard['params']['reorder_factor'] == cal['reorder_factor']
+  # Merged recall of both shards, against a NumPy check on the pool queries
+  # (not held out: plain top-10 by position over all 6000 rows).
+  got = index_lib.load_index(str(tmp_path / 'ix'), lambda r: db[r],
+                             identity=ident)
+  assert [s.params['num_leaves_to_search'] for _, s in got.searcher.shards
+          ] == [s['calibration']['leaves_to_search'] for s in m['shards']]
+  independent = _recall(got.search(pool, 10)[1], _brute(db, pool, 10))
+  assert abs(independent - m['recall']['estimate_pool_queries']) < 0.02
+  assert 'timing' in m and m['timing'][0]['exact_qps'] > 0
+
+
+def test_small_n_exact_and_unreachable_target(tmp_path, caplog):
+  db = _topics(5000, 16, 4)
+  fn = lambda r: db[r]
+  cfg = _cfg().scann
+  small = index_lib.build_index(fn, np.arange(500), str(tmp_path / 's'),
+                                identity={}, searcher='auto', scann_cfg=cfg,
+                                shard_rows=10**6)
+  assert small.manifest['shards'][0]['kind'] == 'exact'  # N < min_size
+  assert small.manifest['recall']['estimate'] == 1.0
+  cfg.min_size = 100
+  cfg.target_recall = 0.999
+  cfg.max_search_fraction = 0.01  # one leaf of 71
+  cfg.max_reorder_factor = 1
+  with caplog.at_level('WARNING', logger=index_lib.__name__):
+    fell_back = index_lib.build_index(fn, np.arange(5000), str(tmp_path / 'f'),
+                                      identity={}, searcher='auto',
+                                      scann_cfg=cfg, shard_rows=10**6)
+  lines = [r for r in caplog.records if r.levelname == 'WARNING']
+  assert len(lines) == 1 and 'using exact search' in lines[0].getMessage()
+  shard = fell_back.manifest['shards'][0]
+  assert shard['kind'] == 'exact' and not shard['calibration_failed'][
+      'reached']
+  assert fell_back.manifest['recall']['estimate'] == 1.0
+  cfg.exact_fallback_rows = 0  # too big for exact: keep ScaNN, say so
+  caplog.clear()
+  with caplog.at_level('WARNING', logger=index_lib.__name__):
+    kept = index_lib.build_index(fn, np.arange(5000), str(tmp_path / 'k'),
+                                 identity={}, searcher='auto', scann_cfg=cfg,
+                                 shard_rows=10**6)
+  assert 'keeping the best setting' in caplog.records[-1].getMessage()
+  assert kept.manifest['shards'][0]['kind'] == 'scann'
+  assert not kept.manifest['recall']['reached']
+
+
+def test_merged_recall_against_a_full_sort():
+  rng = np.random.default_rng(0)
+  q, k, parts, every = 20, 5, [], []
+  for start in (0, 100, 200):
+    truth = -np.sort(-rng.random((q, k)).astype(np.float32), 1)
+    pos = rng.permuted(np.tile(np.arange(100), (q, 1)), axis=1)[:, :k]
+    found = truth.copy()
+    found[:, ::2] -= 0.5  # the searcher misses every other neighbour
+    parts.append((start, found, pos, found, truth))
+    every.append((truth, found))
+  got = index_lib._merged_recall(parts, k)  # pylint: disable=protected-access
+  truth = np.concatenate([t for t, _ in every], 1)
+  found = np.concatenate([f for _, f in every], 1)
+  kth = -np.sort(-truth, 1)[:, k - 1]
+  best = -np.sort(-found, 1)[:, :k]
+  want = (best >= kth[:, None] - 1e-5).sum(1) / k
+  np.testing.assert_allclose(got, want)

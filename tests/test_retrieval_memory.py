@@ -226,6 +226,39 @@ def test_reference_batches_are_corpus_pairs(run):
   mem = stats['memory']
   assert mem['corpus_entries'] == len(captions)
   assert mem['index_kinds'] == ['exact']  # a small corpus: exact search
+  recall = mem['index_recall']
+  assert recall['estimate'] == 1.0 and recall['reached']
+  assert recall['k'] == exp.config.retrieval.k and recall['pool_queries'] > 0
+
+
+def test_scann_memory_reports_its_calibrated_recall(run):
+  exp, params, source, _ = run
+  cfg = copy.deepcopy(exp.config)
+  cfg.retrieval.searcher = 'scann'  # a ScaNN index over the same embeddings
+  cfg.retrieval.scann.max_search_fraction = 1.0
+  exp2 = train.setup(cfg, exp.workdir)
+  src = build_reference_source(exp2, 16)
+  stats = src.prepare(0, params)
+  json.dumps(stats)  # into results.json
+  recall = stats['memory']['index_recall']
+  assert recall['kinds'] == ['scann'] and recall['k'] == cfg.retrieval.k
+  assert recall['reached'] and recall['shards'][0]['recall_lcb'] >= 0.95
+  memory = src.memory
+  texts = sorted(memory._queries)  # pylint: disable=protected-access
+  assert recall['pool_queries'] == min(len(texts), 1000)
+  # Independent: NumPy scores over the indexed rows' vectors, for the
+  # run's queries (the pool part of the calibration sample). The synthetic
+  # captions repeat (identical vectors), so a returned row counts when it
+  # scores at least the exact k-th score: any copy of a tie is right.
+  dense, _ = memory.query_vectors(texts)
+  rows = memory.index.rows
+  scores = dense.astype(np.float64) @ memory.embeddings.vectors(
+      'text', rows).astype(np.float64).T
+  k = cfg.retrieval.k
+  kth = -np.sort(-scores, 1)[:, k - 1]
+  got = np.searchsorted(rows, memory.index.search(dense, k)[1])
+  hits = np.take_along_axis(scores, got, 1) >= kth[:, None] - 1e-5
+  assert abs(hits.mean() - recall['estimate_pool_queries']) < 0.03
 
 
 def test_task_boundary_levels_and_a_fresh_rebuild_agree(run):

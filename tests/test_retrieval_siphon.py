@@ -174,6 +174,52 @@ def test_zero_shot_domains_against_numpy():
     return e / np.linalg.norm(e)
   names = sorted(desc)
   w = np.stack([center(d) for d in names])
-  want = [names[i] for i in np.argmax(text_fn(texts) @ w.T, 1)]
+  scores = text_fn(texts) @ w.T
+  want = [names[i] for i in np.argmax(scores, 1)]
   assert got == want
   assert queries.zero_shot_domains(text_fn, [], desc, templates) == []
+  got, margins = queries.zero_shot_domains(text_fn, texts, desc, templates,
+                                           with_margins=True)
+  assert got == want
+  np.testing.assert_allclose(margins, np.abs(scores[:, 0] - scores[:, 1]),
+                             rtol=1e-9)
+
+
+def test_zero_shot_domains_ties_within_tolerance_keep_the_pool_label():
+  # One phrase and template per domain: centres are the basis vectors, so a
+  # query's domain scores are its own (normalised) coordinates.
+  basis = {'a': [1., 0, 0], 'b': [0, 1., 0], 'c': [0, 0, 1.]}
+  rows = {'q_near': [0.6, 0.6 + 5e-5, 0.1],  # a, b within 1e-4: a tie
+          'q_far': [0.2, 0.9, 0.1]}         # b clearly
+
+  def text_fn(texts):
+    v = np.asarray([basis.get(t) or rows[t] for t in texts], np.float64)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+  desc = {d: (d,) for d in basis}
+  texts = ['q_near', 'q_far']
+  s = text_fn(texts)  # the reference scores, coordinate by coordinate
+  got = lambda **kw: queries.zero_shot_domains(text_fn, texts, desc, ('{}',),
+                                               **kw)
+  assert got() == ['b', 'b']                            # plain argmax
+  assert got(tol=1e-4) == ['a', 'b']                    # tie -> first by name
+  assert got(tol=1e-4, prior=['b', 'a']) == ['b', 'b']  # tie -> pool label
+  assert got(tol=1e-4, prior=['c', 'c']) == ['a', 'b']  # label not tied
+  _, m = got(tol=1e-4, with_margins=True)
+  gap = s.max(1, keepdims=True) - s
+  want = [min(abs(gap[i, j] - 1e-4) for j in range(3) if j != 1)
+          for i in range(2)]
+  np.testing.assert_allclose(m, want, rtol=1e-9)
+  with pytest.raises(ValueError, match='prior'):
+    got(prior=['a'])
+
+
+@pytest.mark.parametrize('name', ['tie_tolerance', 'domain_tolerance'])
+def test_bad_tolerance_names_the_field(name):
+  from configs import retrieval as retrieval_cfg  # pylint: disable=g-import-not-at-top
+  from mgtil_jax import retrieval  # pylint: disable=g-import-not-at-top
+  cfg = retrieval_cfg.defaults()
+  retrieval.validate_config(cfg)
+  cfg[name] = -1e-4
+  with pytest.raises(ValueError, match=f'config.retrieval.{name}'):
+    retrieval.validate_config(cfg)

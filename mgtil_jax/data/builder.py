@@ -251,16 +251,23 @@ _BUILDER_CLASS = None
 
 
 def _quiet(fn):
-  """`fn` with absl's WARNINGs muted: tfds warns on every builder made from a
-  config object ('Using custom data configuration'), which is how every
-  dataset here is made."""
+  """`fn` with absl's WARNINGs muted and stdout swallowed, unless
+  `launch.py --verbose`: tfds warns on every builder made from a config
+  object ('Using custom data configuration'), which is how every dataset
+  here is made, and prints 'Downloading and preparing dataset' even when
+  the source files are local (mgtil_jax/logs.py)."""
+  from mgtil_jax import logs  # pylint: disable=g-import-not-at-top
+
   @functools.wraps(fn)
   def call(*args, **kwargs):
+    if logs.is_verbose():
+      return fn(*args, **kwargs)
     absl_logger = logging.getLogger('absl')
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)
     try:
-      return fn(*args, **kwargs)
+      with logs.quiet_stdout():
+        return fn(*args, **kwargs)
     finally:
       absl_logger.setLevel(level)
   return call
@@ -292,7 +299,19 @@ def build(source: base.Source, root: str, *, data_dir: str, image_size: int,
       source=source, root=root, image_size=image_size, seed=seed,
       test_fraction=test_fraction, num_threads=num_threads,
       data_dir=data_dir)
-  builder = make()
+  try:
+    builder = make()
+  except Exception as e:  # pylint: disable=broad-except
+    # A prepared dataset whose dataset_info.json is corrupt: it is only a
+    # cache of `root`, so remove it and build it again.
+    folder = os.path.join(data_dir, BUILDER_NAME, config_name(
+        source.name, image_size, seed, test_fraction))
+    if not os.path.isdir(folder):
+      raise
+    log.warning('%s: the prepared dataset %s is unreadable (%s: %s); '
+                'rebuilding it', source.name, folder, type(e).__name__, e)
+    shutil.rmtree(folder)
+    builder = make()
   if builder.is_prepared():
     reason = 'rebuild requested' if rebuild else _stale(builder)
     if not reason:
@@ -438,12 +457,20 @@ def load_sources(data_cfg, cache_dir: str | None):
   data_dir = data_dir_of(data_cfg, cache_dir)
   out = []
   for name, source, folder in entries:
-    builder = build(source, folder, data_dir=data_dir,
-                    image_size=data_cfg.image_size,
-                    seed=data_cfg.get('seed', 0),
-                    test_fraction=data_cfg.get('test_fraction', 0.2),
-                    num_threads=data_cfg.get('build_threads', 8))
-    out.append(load_task(builder, name, data_cfg.get('build_threads', 8)))
+    options = dict(data_dir=data_dir, image_size=data_cfg.image_size,
+                   seed=data_cfg.get('seed', 0),
+                   test_fraction=data_cfg.get('test_fraction', 0.2),
+                   num_threads=data_cfg.get('build_threads', 8))
+    builder = build(source, folder, **options)
+    try:
+      task = load_task(builder, name, data_cfg.get('build_threads', 8))
+    except Exception as e:  # pylint: disable=broad-except
+      # Truncated / corrupt records of the cache: rebuild from `folder`.
+      log.warning('%s: the prepared dataset %s is unreadable (%s: %s); '
+                  'rebuilding it', name, builder.data_dir, type(e).__name__, e)
+      builder = build(source, folder, rebuild=True, **options)
+      task = load_task(builder, name, data_cfg.get('build_threads', 8))
+    out.append(task)
   return out
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 
 import jax.numpy as jnp
 import numpy as np
 
 from mgtil_jax.data import synth
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -37,9 +40,15 @@ def _cached(path: str, key: str, build):
   """Loads an npz cache whose key matches, else builds and writes it
   atomically (a crash never leaves a half-written cache)."""
   if os.path.exists(path):
-    with np.load(path, allow_pickle=False) as f:
-      if str(f['_key']) == key:
-        return {k: f[k] for k in f.files if k != '_key'}
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        if str(f['_key']) == key:
+          return {k: f[k] for k in f.files if k != '_key'}
+    except Exception as e:  # pylint: disable=broad-except
+      # Truncated or corrupt (BadZipFile, EOFError, KeyError, ValueError,
+      # zlib errors, ...): it is only a cache, so build it again.
+      log.warning('data cache %s is unreadable (%s: %s); rebuilding it',
+                  path, type(e).__name__, e)
   arrays = build()
   tmp = path + '.tmp.npz'
   np.savez(tmp, _key=np.asarray(key), **arrays)

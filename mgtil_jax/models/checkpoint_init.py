@@ -17,6 +17,7 @@ import os
 import jax
 import numpy as np
 
+from mgtil_jax import tokenizer as tokenizer_lib
 from mgtil_jax.models import biomedclip
 from mgtil_jax.models import clip
 from mgtil_jax.models import preprocessing
@@ -79,7 +80,11 @@ def tokenizer(config, mean, std) -> preprocessing.OpenClipTokenizer:
   model_cfg = clip.get_preset(config.model.preset)
   tok = preprocessing.OpenClipTokenizer.from_files(
       vocab_file, model_cfg.text.context_length,
-      os.path.join(os.path.dirname(vocab_file), 'tokenizer_config.json'))
+      os.path.join(os.path.dirname(vocab_file), 'tokenizer_config.json'),
+      # Training pays the text tower only for real tokens (exact under the
+      # attention mask; tests/test_text_trim.py).
+      bucket=config.get('tokenizer', {}).get('bucket',
+                                             tokenizer_lib.DEFAULT_BUCKET))
   if tok.vocab_size > model_cfg.text.vocab_size or (tok.pad_id !=
                                                     model_cfg.text.pad_id):
     raise ValueError(

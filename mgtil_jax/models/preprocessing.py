@@ -5,12 +5,14 @@ torchvision `Resize(size, BICUBIC)` on a PIL image (shortest side -> size,
 longer side truncated as torchvision computes it; PIL's antialiased bicubic,
 a = -0.5), `CenterCrop(size)`, `ToTensor` (/255), `Normalize(mean, std)`.
 Here the resize is `jax.image.resize(..., 'bicubic', antialias=True)`, the
-same kernel with the same half-pixel centres, applied like PIL: width first,
-then height, and for uint8 input each pass rounded and clipped to the uint8
-grid (PIL resamples 8-bit images into 8-bit buffers). The result matches
-open_clip's pixels to within one grey level (PIL's fixed-point weights round
-a rare pixel the other way); float input is resized in float. Images already
-at the model's size are not resampled and match exactly.
+same kernel with the same half-pixel centres, applied in PIL's order of
+passes (see `vertical_first`), and for uint8 input each pass rounded and
+clipped to the uint8 grid (PIL resamples 8-bit images into 8-bit buffers).
+The result matches open_clip's pixels to within one grey level (PIL's
+fixed-point weights round a rare pixel the other way) under every Pillow
+that setup.cfg allows (tests/test_preprocessing.py); float input is resized
+in float. Images already at the model's size are not resampled and match
+exactly.
 
 Text: open_clip's `HFTokenizer` cleans every string (`ftfy.fix_text`, HTML
 unescaping twice, whitespace collapsed) before the BERT WordPiece tokenizer.
@@ -38,16 +40,22 @@ def clean_text(text: str) -> str:
 
 class OpenClipTokenizer(Tokenizer):
   """`Tokenizer` with open_clip's text cleaning in front: identical ids to
-  `open_clip.get_tokenizer('local-dir:...')` on a BiomedCLIP directory."""
+  `open_clip.get_tokenizer('local-dir:...')` on a BiomedCLIP directory.
+
+  bucket=None (the default here) pads to the full context length as
+  open_clip does; a bucket trims the padding (see `mgtil_jax.tokenizer`),
+  which leaves the ids of every real token unchanged."""
 
   def __init__(self, vocab_file: str, context_length: int,
-               lowercase: bool = True):
-    super().__init__(vocab_file, context_length, lowercase=lowercase)
+               lowercase: bool = True, bucket: int | None = None):
+    super().__init__(vocab_file, context_length, lowercase=lowercase,
+                     bucket=bucket)
     self.vocab_file = vocab_file
 
   @classmethod
   def from_files(cls, vocab_file: str, context_length: int,
-                 tokenizer_config: str | None = None) -> 'OpenClipTokenizer':
+                 tokenizer_config: str | None = None,
+                 bucket: int | None = None) -> 'OpenClipTokenizer':
     """vocab.txt plus the HF tokenizer_config.json beside it (if present)."""
     options = {}
     if tokenizer_config and os.path.exists(tokenizer_config):
@@ -64,11 +72,11 @@ class OpenClipTokenizer(Tokenizer):
     if not options.get('tokenize_chinese_chars', True):
       raise ValueError(f'{tokenizer_config}: tokenize_chinese_chars=false is '
                        'not supported')
-    return cls(vocab_file, context_length, lowercase=lowercase)
+    return cls(vocab_file, context_length, lowercase=lowercase,
+               bucket=bucket)
 
   def __call__(self, texts) -> np.ndarray:
-    if isinstance(texts, str):
-      texts = [texts]
+    texts = [texts] if isinstance(texts, str) else texts
     return super().__call__([clean_text(t) for t in texts])
 
 
@@ -79,12 +87,39 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
   return (new_long, size) if width <= height else (size, new_long)
 
 
-def _resize(images, shape, quantize: bool):
-  """Antialiased bicubic resize, width first then height, as PIL does; with
-  `quantize`, each pass ends on the uint8 grid (PIL resamples 8-bit images
-  into 8-bit buffers)."""
+def _pillow_major() -> int:
+  try:
+    import PIL  # pylint: disable=g-import-not-at-top
+    return int(PIL.__version__.split('.')[0])
+  except (ImportError, ValueError):
+    return 13  # no Pillow here: follow the newest version setup.cfg allows
+
+
+# Pillow 13 (python-pillow/Pillow#9549) resizes vertically first when the
+# height shrinks by more than twice as many pixels as the width; Pillow
+# 11-12 always resize horizontally first. The two orders differ by up to
+# ~20 grey levels on uint8 images, so the order follows the Pillow that
+# open_clip would run with here.
+PILLOW_MAJOR = _pillow_major()
+
+
+def vertical_first(height: int, width: int, new_height: int, new_width: int,
+                   pillow_major: int | None = None) -> bool:
+  """Whether PIL's two-pass resize does the vertical pass first."""
+  if (pillow_major or PILLOW_MAJOR) < 13:
+    return False
+  return height - new_height > 2 * (width - new_width)
+
+
+def _resize(images, shape, quantize: bool, pillow_major: int | None = None):
+  """Antialiased bicubic resize in PIL's order of passes; with `quantize`,
+  each pass ends on the uint8 grid (PIL resamples 8-bit images into 8-bit
+  buffers)."""
   b, h, w, c = images.shape
-  for target in ((b, h, shape[1], c), (b, shape[0], shape[1], c)):
+  targets = [(b, h, shape[1], c), (b, shape[0], shape[1], c)]
+  if vertical_first(h, w, shape[0], shape[1], pillow_major):
+    targets[0] = (b, shape[0], w, c)
+  for target in targets:
     if images.shape != target:
       images = jax.image.resize(images, target, method='bicubic',
                                 antialias=True)

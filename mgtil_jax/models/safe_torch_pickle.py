@@ -55,11 +55,38 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 
 class _StorageType:
-  """Stand-in for `torch.FloatStorage` etc.: only carries the dtype."""
+  """Stand-in for `torch.FloatStorage` etc.: only carries the dtype.
+
+  Immutable (no `__dict__`, no settable slots): a pickle's BUILD opcode on it
+  fails instead of changing it. And `find_class` hands out a fresh one per
+  reference, so nothing a pickle does outlives its own load."""
+  __slots__ = ('name', 'dtype')
 
   def __init__(self, name: str):
-    self.name = name
-    self.dtype = np.dtype(_STORAGE_DTYPES[name])
+    object.__setattr__(self, 'name', name)
+    object.__setattr__(self, 'dtype', np.dtype(_STORAGE_DTYPES[name]))
+
+  def __setattr__(self, key, value):
+    raise AttributeError(f'{type(self).__name__} is immutable')
+
+  __delattr__ = __setattr__
+
+
+class _Callable:
+  """A stand-in callable with no `__dict__` and no state: BUILD on it fails,
+  so the module's functions themselves are never handed to a pickle."""
+  __slots__ = ('_fn',)
+
+  def __init__(self, fn):
+    object.__setattr__(self, '_fn', fn)
+
+  def __call__(self, *args, **kwargs):
+    return self._fn(*args, **kwargs)
+
+  def __setattr__(self, key, value):
+    raise AttributeError(f'{type(self).__name__} is immutable')
+
+  __delattr__ = __setattr__
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride,
@@ -94,13 +121,17 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
   return data
 
 
-# (module, name) -> the object the unpickler may hand to REDUCE/BUILD.
+# (module, name) -> a factory of the object the unpickler may hand to
+# REDUCE/BUILD: a fresh, immutable one per reference.
 _ALLOWED = {
-    ('collections', 'OrderedDict'): collections.OrderedDict,
-    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
-    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+    # A class: BUILD on it fails (its __dict__ is a read-only mappingproxy).
+    ('collections', 'OrderedDict'): lambda: collections.OrderedDict,
+    ('torch._utils', '_rebuild_tensor_v2'):
+        lambda: _Callable(_rebuild_tensor_v2),
+    ('torch._utils', '_rebuild_parameter'):
+        lambda: _Callable(_rebuild_parameter),
 }
-_ALLOWED.update({('torch', name): _StorageType(name)
+_ALLOWED.update({('torch', name): (lambda name=name: _StorageType(name))
                  for name in _STORAGE_DTYPES})
 
 
@@ -118,7 +149,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
   def find_class(self, module, name):
     try:
-      return _ALLOWED[(module, name)]
+      return _ALLOWED[(module, name)]()
     except KeyError:
       raise UnsafeCheckpointError(
           f'{self._source}: refusing to load: the pickle references '
@@ -181,4 +212,12 @@ def load(path: str) -> dict:
     except KeyError:
       byteorder = 'little'  # torch writes no byteorder file before 1.12
     with archive.open(pickles[0]) as f:
-      return _RestrictedUnpickler(f, archive, prefix, byteorder, path).load()
+      try:
+        return _RestrictedUnpickler(f, archive, prefix, byteorder,
+                                    path).load()
+      except UnsafeCheckpointError:
+        raise
+      except (AttributeError, TypeError) as e:  # e.g. BUILD on a stand-in
+        raise UnsafeCheckpointError(
+            f'{path}: refusing to load: the pickle tries to modify an '
+            f'allowed object ({e})') from None

@@ -22,6 +22,7 @@ import os
 from mgtil_jax import sharding
 from mgtil_jax.retrieval import corpus as corpus_lib
 from mgtil_jax.retrieval import queries as queries_lib
+from mgtil_jax.retrieval import trace
 from mgtil_jax.retrieval.memory import RetrievalMemory
 from mgtil_jax.retrieval.sampler import RetrievalReferenceSource, prefetch
 
@@ -44,6 +45,12 @@ def validate_config(cfg) -> None:
     positive(name, cfg[name])
   for name in ('a', 'b', 'c', 'n', 'max_reference_size'):
     positive(name, cfg[name], 0)
+  for name in ('tie_tolerance', 'domain_tolerance'):
+    value = cfg.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        value < 0):
+      raise ValueError(f'config.retrieval.{name}: expected a number >= 0, '
+                       f'got {value!r}')
   positive('corpus.shard_size', cfg.corpus.shard_size)
   if cfg.searcher not in ('auto', 'exact', 'scann'):
     raise ValueError(f"config.retrieval.searcher: expected 'auto', 'exact' or "
@@ -138,10 +145,11 @@ def build_reference_source(exp, batch_size: int) -> RetrievalReferenceSource:
   descriptions = domain_descriptions(exp, pool)
   templates = tuple(exp.config.prompts.templates)
 
-  def classify(params, texts, domains):
+  def classify(params, texts, domains, prior=None):
     return queries_lib.zero_shot_domains(
         lambda t: towers.text(params, exp.tokenizer(t)), texts,
-        {d: descriptions[d] for d in domains}, templates)
+        {d: descriptions[d] for d in domains}, templates, with_margins=True,
+        tol=cfg.domain_tolerance, prior=prior)
 
   source = RetrievalReferenceSource(
       memory, cfg=cfg, tasks=exp.tasks, tokenizer=exp.tokenizer, pool=pool,
@@ -150,4 +158,5 @@ def build_reference_source(exp, batch_size: int) -> RetrievalReferenceSource:
   if cfg.mode == 'uni' and not cfg.uni_keywords and (
       exp.config.data.name == 'mgtil_synth'):
     source.keywords = queries_lib.synth_keywords()
-  return source
+  # Writes <workdir>/retrieval/trace/task-<t>.json for the notebook.
+  return trace.record(source, root)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mgtil_jax import sharding
+from mgtil_jax import tokenizer as tokenizer_lib
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.models import clip
 from mgtil_jax.retrieval import corpus as corpus_lib
@@ -57,15 +58,27 @@ class ClipTowers:
 
   `text(params, tokens int32[N, L]) -> float32[N, E]` and
   `image(params, images uint8[N, S, S, 3]) -> float32[N, E]`, both
-  L2-normalised; any N (padded to `batch_size` internally).
+  L2-normalised; any N (padded to `batch_size` internally). Texts run at
+  the longest caption of the whole call rounded up to `token_bucket` tokens
+  (`tokenizer.trim_padding`), not at the context length.
+
+  `batch_size` rows go to each batch shard (device) per call, whatever the
+  device count: XLA picks its kernels by shape, and on CPU the text tower's
+  vectors change in the last bits between 256 and 128 rows per device. With
+  a fixed per-device shape every row is computed by the same program on one
+  process or many, so the vectors, and the retrieval built on them, do not
+  depend on the process count (docs/retrieval.md).
   """
 
-  def __init__(self, exp, batch_size: int = 256):
+  def __init__(self, exp, batch_size: int = 256,
+               token_bucket: int | None = tokenizer_lib.DEFAULT_BUCKET):
     self.exp = exp
     shards = exp.mesh.shape['data'] * exp.mesh.shape['fsdp']
     unit = int(np.lcm(shards, jax.process_count()))
-    self.batch_size = max(unit, -(-batch_size // unit) * unit)
+    self.per_device = batch_size
+    self.batch_size = -(-batch_size * shards // unit) * unit  # per call
     self.image_size = exp.model.cfg.vision.image_size
+    self.token_bucket = token_bucket
     model = exp.model
     repl = sharding.replicated(exp.mesh)
     img_sh = sharding.batch_sharding(exp.mesh, exp.rules, 4)
@@ -103,7 +116,12 @@ class ClipTowers:
     return np.concatenate(out).astype(np.float32)
 
   def text(self, params, tokens: np.ndarray) -> np.ndarray:
-    return self._run(self._text_fn, params, np.asarray(tokens, np.int32))
+    # Trimmed over the whole call, not per chunk: a chunk's rows depend on
+    # the device count, and its width must not (docs/retrieval.md).
+    tokens = tokenizer_lib.trim_padding(np.asarray(tokens, np.int32),
+                                        self.token_bucket,
+                                        self.exp.model.cfg.text.pad_id)
+    return self._run(self._text_fn, params, tokens)
 
   def image(self, params, images: np.ndarray) -> np.ndarray:
     return self._run(self._image_fn, params, np.asarray(images, np.uint8))
@@ -302,8 +320,11 @@ def embed_corpus(corpus, out_dir: str, *, text_encoder, image_encoder,
       text[i:i + len(part)] = text_encoder.encode_rows(corpus, part)
     image = np.zeros((len(rows), image_encoder.dim), np.float16)
     with_image = rows[corpus.has_image[rows]]
+    # One tower call per chunk (its batch covers every device).
+    chunk = max(batch_size, getattr(getattr(image_encoder, 'towers', None),
+                                    'batch_size', 0))
     for part, images in _chunks(corpus, with_image, image_encoder.image_size,
-                                batch_size, threads):
+                                chunk, threads):
       image[part - rows[0]] = image_encoder.encode(images)
     if not write:
       continue

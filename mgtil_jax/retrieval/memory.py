@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 
 import jax
 import numpy as np
@@ -239,11 +240,16 @@ class RetrievalMemory:
     vectors_fn = lambda r: self.embeddings.vectors(vectors, r)
     if not os.path.exists(os.path.join(directory, index_lib.MANIFEST)):
       if _is_lead():
+        # The queries the run will ask (question pool, class names,
+        # keywords) join the held-out rows in ScaNN's recall calibration.
+        asked = [self._queries[t][0 if vectors == 'text' else 1]
+                 for t in sorted(self._queries)]
         index_lib.build_index(
             vectors_fn, rows, directory, identity=identity,
             searcher=self.cfg.searcher, scann_cfg=self.cfg.scann,
             shard_rows=self.cfg.index_shard_rows,
-            block_rows=self.cfg.exact_block_rows, k=self.cfg.k)
+            block_rows=self.cfg.exact_block_rows, k=self.cfg.k,
+            extra_queries=np.stack(asked) if asked else None)
       _sync('retrieval_index')
     self.index = index_lib.load_index(directory, vectors_fn,
                                       identity=identity,
@@ -252,6 +258,35 @@ class RetrievalMemory:
     if not np.array_equal(self.index.rows, rows):
       raise ValueError(f'retrieval index {directory} covers other corpus rows '
                        'than the current leakage filter leaves; delete it')
+    r = self.index_recall()
+    line = (f'retrieval index {directory}: {len(rows)} rows in '
+            f'{len(r["kinds"])} shard(s) ({", ".join(r["kinds"])}); '
+            f'estimated recall@{r["k"]} {r["estimate"]:.3f} against exact '
+            f'search (target {r["target"]:.2f}, {r["queries"]} calibration '
+            'queries)')
+    log.info(line)
+    if self.progress and _is_lead():  # the run log, beside the progress bars
+      print(line, file=sys.stderr, flush=True)
+    if not r['reached']:
+      log.warning('retrieval index %s: estimated recall@%d %.3f is below the '
+                  'target %.2f (see its %s)', directory, r['k'],
+                  r['estimate'], r['target'], index_lib.MANIFEST)
+
+  def index_recall(self) -> dict:
+    """The stage-1 index's estimated recall@k (after the cross-shard
+    merge) and each shard's calibrated setting, from its manifest."""
+    m = self.index.manifest
+    r = {x: m['recall'][x] for x in ('k', 'target', 'estimate', 'reached',
+                                      'queries', 'pool_queries',
+                                      'estimate_corpus_queries',
+                                      'estimate_pool_queries')}
+    r['kinds'] = [s['kind'] for s in m['shards']]
+    r['shards'] = [
+        {x: s['calibration'].get(x) for x in (
+            'recall', 'recall_lcb', 'leaves_to_search', 'num_leaves',
+            'reorder_factor', 'reached') if x in s['calibration']}
+        for s in m['shards']]
+    return r
 
   # ------------------------------------------------------------ retrieval --
 
@@ -333,6 +368,7 @@ class RetrievalMemory:
            'index_rows': len(self.index),
            'index_kinds': sorted({s['kind'] for s in
                                   self.index.manifest['shards']}),
+           'index_recall': self.index_recall(),
            'leaked_dropped': int(len(self.dropped))}
     if self.leakage is not None:
       out['leakage_report'] = self.leakage['path']

@@ -131,20 +131,34 @@ def task_queries(tasks, upto: int, template: str,
 
 
 def zero_shot_domains(text_fn, texts, descriptions: dict[str, tuple[str, ...]],
-                      templates) -> list[str]:
+                      templates, with_margins: bool = False, tol: float = 0.0,
+                      prior=None):
   """Zero-shot domain of each query text: the domain whose prompt embedding
   (normalised mean over its description phrases x prompt templates, CLIP's
   prompt ensembling) has the highest cosine with the query's embedding.
 
   text_fn(list[str]) -> float[N, E] L2-normalised text embeddings (the
   current model's text tower).
+
+  tol: domains scoring within `tol` of the best are a tie, which the model
+  cannot decide: the query keeps its `prior` domain (the pool's label) if
+  that is among them, else the first tied domain by name. Float noise below
+  `tol` (e.g. another summation order in training on more processes) then
+  cannot change a call whose scores are that close (docs/retrieval.md).
+
+  with_margins: also return, per text, how far a score would have to move to
+  change the call: the smallest |best - score - tol| over the other domains
+  (best minus second best when tol = 0; inf with one domain).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   domains = sorted(descriptions)
   if not domains:
     raise ValueError('zero-shot domains: no domain to choose from')
   if not texts:
-    return []
+    return ([], np.zeros(0)) if with_margins else []
+  if prior is not None and len(prior) != len(texts):
+    raise ValueError(f'zero-shot domains: {len(prior)} prior domains for '
+                     f'{len(texts)} texts')
   prompts, owner = [], []
   for i, d in enumerate(domains):
     for phrase in descriptions[d]:
@@ -156,4 +170,19 @@ def zero_shot_domains(text_fn, texts, descriptions: dict[str, tuple[str, ...]],
   centers = np.stack([emb[owner == i].mean(0) for i in range(len(domains))])
   centers /= np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), 1e-12)
   q = np.asarray(text_fn(list(texts)), np.float64)
-  return [domains[i] for i in np.argmax(q @ centers.T, axis=1)]
+  scores = q @ centers.T
+  gaps = scores.max(axis=1, keepdims=True) - scores   # 0 for the best
+  tied = gaps <= tol
+  index = {d: i for i, d in enumerate(domains)}
+  out = []
+  for n, row in enumerate(tied):
+    j = index.get(prior[n]) if prior is not None else None
+    out.append(domains[j] if j is not None and row[j] else
+               domains[int(np.argmax(row))])
+  if not with_margins:
+    return out
+  if len(domains) < 2:
+    return out, np.full(len(out), np.inf)
+  dist = np.abs(gaps - tol)
+  dist[np.arange(len(gaps)), np.argmax(scores, axis=1)] = np.inf
+  return out, dist.min(axis=1)

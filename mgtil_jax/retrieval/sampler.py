@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from mgtil_jax import reference
+from mgtil_jax import tokenizer as tokenizer_lib
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.retrieval import queries as queries_lib
 from mgtil_jax.retrieval import siphon
@@ -28,21 +29,27 @@ class RetrievalReferenceSource:
   """PRIMED's reference sets, one per task.
 
   memory: a `memory.RetrievalMemory`; pool: M0 (list of queries.Query);
-  descriptions: domain -> phrases; classify_fn(params, texts, domains) ->
-  list of domains (zero-shot with the current model), used when
-  cfg.domain_source == 'model'.
+  descriptions: domain -> phrases; classify_fn(params, texts, domains,
+  prior) -> list of domains, or (domains, margins) (zero-shot with the
+  current model, queries.zero_shot_domains; prior = the pool's labels, kept
+  on ties), used when cfg.domain_source == 'model'. token_bucket: each
+  batch's captions are trimmed to its longest one, rounded up to this
+  multiple (`tokenizer.trim_padding`; None keeps the tokenizer's width).
   """
 
   def __init__(self, memory, *, cfg, tasks, tokenizer, pool, descriptions,
                batch_size: int, seed: int, image_size: int,
-               classify_fn: Callable | None = None):
+               classify_fn: Callable | None = None,
+               token_bucket: int | None = tokenizer_lib.DEFAULT_BUCKET):
     self.memory, self.cfg, self.tasks = memory, cfg, tasks
     self.tokenizer, self.pool = tokenizer, pool
     self.descriptions = descriptions
     self.batch_size, self.seed, self.image_size = batch_size, seed, image_size
     self.classify_fn = classify_fn
+    self.token_bucket = token_bucket
     self.keywords = tuple(cfg.uni_keywords) or queries_lib.MEDICAL_KEYWORDS
     self.task_index = None
+    self.domain_margin = None  # the closest zero-shot domain call
     self.rows = self.images = self.tokens = None
     self.stats = None
 
@@ -72,8 +79,13 @@ class RetrievalReferenceSource:
                        f"'pool', got {self.cfg.domain_source!r}")
     if self.classify_fn is None:
       raise ValueError('retrieval: domain_source=model needs a classifier')
-    return list(self.classify_fn(params, [q.text for q in self.pool],
-                                 sorted(self.descriptions)))
+    out = self.classify_fn(params, [q.text for q in self.pool],
+                           sorted(self.descriptions),
+                           [q.domain for q in self.pool])
+    if isinstance(out, tuple):
+      out, margins = out
+      self.domain_margin = float(np.min(margins)) if len(margins) else None
+    return list(out)
 
   # ------------------------------------------------------------ interface --
 
@@ -105,6 +117,11 @@ class RetrievalReferenceSource:
           domains))}
       plan.stats['earlier_domains'] = sorted({t.domain for t in
                                               self.tasks[:task_index]})
+      if self.domain_margin is not None:
+        # The closest zero-shot call: domains of later tasks come from the
+        # trained teacher, equal across process counts only to float
+        # rounding (docs/retrieval.md).
+        plan.stats['domain_margin'] = self.domain_margin
     else:
       raise ValueError(f"config.retrieval.mode: expected 'dyn' or 'uni', got "
                        f'{cfg.mode!r}')
@@ -140,7 +157,9 @@ class RetrievalReferenceSource:
                                   self.seed,
                                   stream=reference.REFERENCE_STREAM +
                                   task_index)
-    return {'image': self.images[idx], 'tokens': self.tokens[idx]}
+    tokens = tokenizer_lib.trim_padding(self.tokens[idx], self.token_bucket,
+                                        getattr(self.tokenizer, 'pad_id', 0))
+    return {'image': self.images[idx], 'tokens': tokens}
 
 
 _DONE = object()

@@ -75,7 +75,20 @@ def folder_classes(root: str) -> list[str]:
   if len(classes) < 2:
     raise LayoutError(f'image folder {base!r}: expected one sub-folder per '
                       f'class (at least 2), found {classes}')
+  for folder in classes:  # an empty folder would be a class never seen
+    if not _has_image(os.path.join(base, folder)):
+      raise LayoutError(
+          f'class folder {os.path.join(base, folder)!r} has no image files '
+          f'({", ".join(IMAGE_EXTENSIONS)}); add images or remove the folder')
   return classes
+
+
+def _has_image(directory: str) -> bool:
+  for _, dirnames, filenames in os.walk(directory):
+    dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+    if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in filenames):
+      return True
+  return False
 
 
 def read_image_folder(root: str, folders: list[str]) -> dict:
@@ -178,12 +191,16 @@ def _is_index(label) -> bool:
 def table_classes(path: str, class_names=None) -> list[str]:
   rows, in_file = _read_rows(path)
   classes = list(class_names or in_file or [])
-  if classes:
-    return classes
-  if any(_is_index(r['label']) for r in rows):
-    raise ValueError(f'{path}: integer labels need class names (a "classes" '
-                     'list in the JSON, or class_names in the config)')
-  return sorted({str(r['label']).strip() for r in rows})
+  if not classes:
+    if any(_is_index(r['label']) for r in rows):
+      raise ValueError(f'{path}: integer labels need class names (a '
+                       '"classes" list in the JSON, or class_names in the '
+                       'config)')
+    classes = sorted({str(r['label']).strip() for r in rows})
+  if len(classes) < 2:
+    raise LayoutError(f'{path}: only the class {classes}; expected at least '
+                      '2 classes (a 1-class task is always right)')
+  return classes
 
 
 def read_table(root: str, file: str, classes: list[str]) -> dict:
@@ -213,6 +230,11 @@ def read_table(root: str, file: str, classes: list[str]) -> dict:
   if missing:
     raise LayoutError(f'{path}: {len(missing)} image files not found, e.g. '
                       f'{missing[:5]} (paths are relative to {folder})')
+  used = {e.label for split in out.values() for e in split}
+  unused = [c for i, c in enumerate(classes) if i not in used]
+  if unused:
+    raise LayoutError(f'{path}: no rows for the classes {unused} (of '
+                      f'{classes}); every class needs images')
   return out
 
 
