@@ -4,6 +4,9 @@ r"""The one entry point.
   python launch.py --config configs/mgtil_synth.py:method=l2 --workdir runs/l2
   python launch.py --config configs/mgtil_synth.py --workdir runs/compare \
       --compare=all         # every method, then a comparison table
+  python launch.py --config configs/mgtil_synth.py --workdir runs/compare \
+      --compare=ft,zscl,primed --seeds=3   # workdir/seed_<seed>/<method>,
+                            # mean ± std, 95% CIs, paired differences
 
 Multi-host (GPU/TPU pods): pass --multihost on every host; it calls
 `jax.distributed.initialize()` before any device is touched (on TPU and
@@ -34,6 +37,10 @@ _WORKDIR = flags.DEFINE_string('workdir', 'runs/default',
 _COMPARE = flags.DEFINE_string(
     'compare', None, "Run several methods ('all' or a comma-separated list) "
     'in workdir/<method> and write comparison.{md,json,png}.')
+_SEEDS = flags.DEFINE_integer(
+    'seeds', None, 'Run each method (or the one run) with this many seeds, '
+    'config.seed, config.seed + 1, ..., in workdir/seed_<seed>/<method>, and '
+    'tabulate mean ± std and CIs (default: config.seeds, else 1).')
 _VERBOSE = flags.DEFINE_bool(
     'verbose', False, 'Show third-party INFO logs (orbax, tfds, bm25s, '
     'ScaNN); by default only warnings, progress bars and results.')
@@ -66,12 +73,16 @@ def main(config):
   from mgtil_jax import compare, train, validation
   # The whole config, before any data, model or device work.
   validation.validate(config, _WORKDIR.value)
+  seeds = config.get('seeds', 1) if _SEEDS.value is None else _SEEDS.value
+  if not isinstance(seeds, int) or seeds < 1:
+    from mgtil_jax import errors  # pylint: disable=g-import-not-at-top
+    raise errors.UserError(f'--seeds: expected a positive integer, got '
+                           f'{seeds!r}')
   if _SWEEP.value:
     from mgtil_jax import sweep  # pylint: disable=g-import-not-at-top
     sweep.sweep(config, _WORKDIR.value, _SWEEP.value)
-  elif _COMPARE.value:
-    compare.compare(config, _WORKDIR.value,
-                    compare.parse_methods(_COMPARE.value))
+  elif _COMPARE.value or seeds != 1:  # exits 1 if any run failed
+    return compare.main(config, _WORKDIR.value, _COMPARE.value, seeds)
   else:
     train.run(config, _WORKDIR.value)
 
@@ -161,7 +172,7 @@ def main_cli(argv) -> int:
       return _error(errors.one_line(e))  # names the override and its value
     return _error(f'--config: {errors.one_line(_root_message(e))}')
   try:
-    main(config)
+    code = main(config)  # 1 when a run of a comparison failed
   except Exception as e:  # pylint: disable=broad-except
     checkpoint.finish_all()  # in-flight saves first; the error is printed last
     if not errors.is_user_error(e):
@@ -169,7 +180,7 @@ def main_cli(argv) -> int:
     if _DEBUG.value:
       traceback.print_exc()
     return _error(errors.one_line(e))
-  return 0
+  return code or 0
 
 
 if __name__ == '__main__':

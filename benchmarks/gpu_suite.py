@@ -166,24 +166,10 @@ def _build_step(method, preset, global_batch, ref_batch, dtype, remat,
   """The trainer's continual step at real size, its state and placed
   inputs (task batch, reference pairs of ~40-token captions, prompts)."""
   import step_time  # pylint: disable=g-import-not-at-top
-  from configs import mgtil_synth  # pylint: disable=g-import-not-at-top
   from mgtil_jax import steps, train  # pylint: disable=g-import-not-at-top
   from mgtil_jax.data import synth  # pylint: disable=g-import-not-at-top
-  del step_time
-  config = mgtil_synth.get_config(f'runlocal,tasks=1,method={method},'
-                                  f'preset={preset}')
-  config.train.batch_size = global_batch
-  config.model.dtype = dtype
-  config.model.remat = remat
-  config.data.image_size = 224 if preset != 'tiny' else 32
-  exp = train.setup(config, tempfile.mkdtemp(prefix='gpu_suite_'))
-  tx = train.make_optimizer(lr=1e-5, steps=100, warmup_steps=10,
-                            weight_decay=0.0, freeze_logit_scale=True)
-  shardings = train.state_shardings(exp, tx, exp.state_trees)
-  params = train.init_params(exp, seed=0)
-  with exp.context():
-    opt = jax.jit(tx.init, out_shardings=shardings['opt'])(params)
-  state = {'params': params, 'opt': opt, **train.initial_trees(exp, params)}
+  exp, tx, shardings, state = step_time.fresh_method_state(
+      method, preset, global_batch, dtype, remat=remat)
   task = exp.tasks[0]
   host = train.task_batch(task, 0, global_batch, 0, 0)
   rng = np.random.default_rng(0)

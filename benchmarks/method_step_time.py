@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -24,24 +23,14 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from configs import mgtil_synth  # pylint: disable=g-import-not-at-top
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import step_time  # pylint: disable=g-import-not-at-top
 from mgtil_jax import steps, train
 
 
 def build(method, preset, batch, ref_batch, dtype):
-  config = mgtil_synth.get_config(f'runlocal,tasks=1,method={method},'
-                                  f'preset={preset}')
-  config.train.batch_size = batch
-  config.model.dtype = dtype
-  config.data.image_size = 224 if preset != 'tiny' else 32
-  exp = train.setup(config, tempfile.mkdtemp())
-  tx = train.make_optimizer(lr=1e-5, steps=100, warmup_steps=10,
-                            weight_decay=0.0, freeze_logit_scale=True)
-  shardings = train.state_shardings(exp, tx, exp.state_trees)
-  params = train.init_params(exp, seed=0)
-  with exp.context():
-    opt = jax.jit(tx.init, out_shardings=shardings['opt'])(params)
-  state = {'params': params, 'opt': opt, **train.initial_trees(exp, params)}
+  exp, tx, shardings, state = step_time.fresh_method_state(
+      method, preset, batch, dtype)
   task = exp.tasks[0]
   host = train.task_batch(task, 0, batch, 0, 0)
   rng = np.random.default_rng(0)

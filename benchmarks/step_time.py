@@ -128,17 +128,17 @@ def method_step_flops(mcfg, distill, batch, prompt_lengths, ref_batch,
   return total
 
 
-def _method_step(method, preset, batch, ref_batch, dtype, caption_words):
-  """The trainer's continual step of `method` at 224 px (real presets),
-  its state, and host task/reference batches as text lists."""
-  from mgtil_jax import steps  # pylint: disable=g-import-not-at-top
-  from mgtil_jax.data import synth  # pylint: disable=g-import-not-at-top
+def fresh_method_state(method, preset, batch, dtype, *, remat=False):
+  """The trainer's experiment for `method` on one runlocal synthetic task at
+  `preset` (224 px for real presets), and a fresh state for its continual
+  step: (exp, tx, state shardings, state). Shared by the step benchmarks."""
   config = mgtil_synth.get_config(f'runlocal,tasks=1,method={method},'
                                   f'preset={preset}')
   config.train.batch_size = batch
   config.model.dtype = dtype
+  config.model.remat = remat
   config.data.image_size = 224 if preset != 'tiny' else 32
-  exp = train.setup(config, tempfile.mkdtemp())
+  exp = train.setup(config, tempfile.mkdtemp(prefix='bench_'))
   tx = train.make_optimizer(lr=1e-5, steps=100, warmup_steps=10,
                             weight_decay=0.0, freeze_logit_scale=True)
   shardings = train.state_shardings(exp, tx, exp.state_trees)
@@ -146,6 +146,16 @@ def _method_step(method, preset, batch, ref_batch, dtype, caption_words):
   with exp.context():
     opt = jax.jit(tx.init, out_shardings=shardings['opt'])(params)
   state = {'params': params, 'opt': opt, **train.initial_trees(exp, params)}
+  return exp, tx, shardings, state
+
+
+def _method_step(method, preset, batch, ref_batch, dtype, caption_words):
+  """The trainer's continual step of `method` at 224 px (real presets),
+  its state, and host task/reference batches as text lists."""
+  from mgtil_jax import steps  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.data import synth  # pylint: disable=g-import-not-at-top
+  exp, tx, shardings, state = fresh_method_state(method, preset, batch,
+                                                 dtype)
   task = exp.tasks[0]
   host = train.task_batch(task, 0, batch, 0, 0)
   rng = np.random.default_rng(0)

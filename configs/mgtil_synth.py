@@ -10,6 +10,8 @@ Arguments (comma separated key=value):
   preset   tiny | vit_b16_pubmedbert     (default tiny)
   steps    training steps per task      (default 120)
   tasks    keep only the first N tasks of the order (default 0 = all 9)
+  regime   same_scanner | shifted: how the pretraining corpus relates to the
+           tasks (mgtil_jax/data/synth.py REGIMES; default same_scanner)
   runlocal shrink everything for a smoke test / unit test
 """
 
@@ -18,9 +20,11 @@ from configs import common
 
 def get_config(arg=None):
   a = common.parse_arg(arg, method='ft', order='domain', preset='tiny',
-                       steps=120, tasks=0, runlocal=False)
+                       steps=120, tasks=0, regime='same_scanner',
+                       runlocal=False)
   c = common.base_config()
   c.method = a.method
+  c.seeds = 1  # runs per method (seeds c.seed, c.seed + 1, ...); --seeds
 
   c.data = dict(
       name='mgtil_synth',
@@ -30,6 +34,9 @@ def get_config(arg=None):
       train_per_class=200,  # cycled, as the paper cycles small datasets
       test_per_class=60,
       seed=0,               # the benchmark's own seed, independent of c.seed
+      # How the literature corpus relates to the tasks (mgtil_jax/data/
+      # synth.py REGIMES): same_scanner | shifted (not yet calibrated).
+      regime=a.regime,
   )
   c.model.preset = a.preset
   if a.preset == 'tiny':
@@ -41,6 +48,9 @@ def get_config(arg=None):
       lr=1e-3,
       warmup_steps=50,
       weight_decay=0.05,
+      # The corpus's regime, so that it is part of the pretraining cache's
+      # key and a model pretrained on another corpus is not reused.
+      corpus_regime=a.regime,
   )
   c.train.steps_per_task = a.steps
   c.train.batch_size = 32

@@ -80,7 +80,79 @@ def test_orders():
   assert len(runs) == len(set(domains)) == 3
 
 
+# ----------------------------------------------------------- acquisition --
+
+
+def test_acquisition_is_fixed_per_task_and_differs_across_tasks():
+  # No shift: the corpus's neutral scanner.
+  assert synth.acquisition('fundus_dr', 0.0) == synth.NEUTRAL
+  a = synth.acquisition('fundus_dr')
+  assert a == synth.acquisition('fundus_dr')
+  others = {synth.acquisition(n) for n in synth.TASKS}
+  assert len(others) == len(synth.TASKS)
+  for n, t in synth.TASKS.items():
+    if t.domain == 'xray':  # radiographs stay grayscale
+      g = synth.acquisition(n).gain
+      assert g[0] == g[1] == g[2]
+
+
+def test_acquisition_matches_numpy_for_gamma_gain_and_zoom():
+  rng = np.random.default_rng(0)
+  img = rng.uniform(0, 1, (8, 8, 3)).astype(np.float32)
+  # Gamma, colour cast and offset without noise: an independent numpy line.
+  acq = synth.Acquisition(gamma=1.7, gain=(0.8, 1.0, 1.2), offset=0.05,
+                          noise=0.0)
+  np.testing.assert_allclose(acq.apply(img, rng),
+                             img ** 1.7 * [0.8, 1.0, 1.2] + 0.05, rtol=1e-5)
+  np.testing.assert_allclose(synth.Acquisition(noise=0.0).apply(img, rng),
+                             img, rtol=1e-6)
+  # Zoom > 1 magnifies about the centre: a centred disc covers more pixels.
+  cv = synth.Canvas(32, 0.0)
+  cv.paint(cv.disc(0.5, 0.5, 0.2), [1.0, 1.0, 1.0])
+  area = lambda x: (x[..., 0] > 0.5).sum()
+  zoomed = synth.Acquisition(zoom=1.5, noise=0.0).apply(cv.img, rng)
+  assert area(zoomed) == pytest.approx(area(cv.img) * 1.5 ** 2, rel=0.1)
+
+
+def test_task_images_are_shifted_from_the_corpus():
+  # The corpus's neutral scanner versus each task's own: the mean colour of
+  # the same findings differs (what keeps zero-shot below fine-tuning).
+  for name in ('xray_region', 'path_tissue', 'fundus_disc'):
+    task = synth.TASKS[name]
+    split = synth.make_split(task, 'train', 8, SIZE, seed=0, regime=SHIFTED)
+    rng = np.random.default_rng(0)
+    neutral = np.stack([synth.render(task, int(y), rng, SIZE)
+                        for y in split.labels])
+    gap = np.abs(split.images.reshape(-1, 3).mean(0) -
+                 neutral.reshape(-1, 3).mean(0)).max()
+    assert gap > 8, (name, gap)
+
+
+def test_subtle_cases_are_fainter():
+  # Without subtle cases the finding is drawn at full strength; with them
+  # the images differ less from the background on average.
+  task = synth.TASKS['fundus_dr']
+  acq = synth.Acquisition(noise=0.0)
+
+  def contrast(fraction):
+    out = []
+    for i in range(40):
+      bg = synth.render(task, 0, np.random.default_rng(i), SIZE, acq,
+                        fraction)
+      ex = synth.render(task, 3, np.random.default_rng(i), SIZE, acq,
+                        fraction)
+      out.append(np.abs(ex.astype(float) - bg).mean())
+    return np.array(out)
+
+  full, subtle = contrast(0.0), contrast(SHIFTED.subtle_fraction)
+  assert subtle.mean() < 0.9 * full.mean()
+  assert (subtle < 0.35 * full).mean() > 0.05  # some barely visible
+
+
 # ---------------------------------------------------------------- corpus --
+
+
+SHIFTED = synth.REGIMES['shifted']
 
 
 @pytest.fixture(scope='module')
@@ -89,7 +161,15 @@ def corpus():
                            tasks=['xray_pattern', 'fundus_rop'])
 
 
+@pytest.fixture(scope='module')
+def shifted_corpus():
+  return synth.make_corpus(per_class=2, size=SIZE, seed=0,
+                           tasks=['xray_pattern', 'fundus_rop'],
+                           regime=SHIFTED)
+
+
 def test_corpus_captions_name_their_findings(corpus):
+  # The default regime: every finding per_class times, captions name it.
   chosen = [synth.TASKS['xray_pattern'], synth.TASKS['fundus_rop']]
   n_items = 2 * sum(len(t.class_names) for t in chosen)
   # Distractors: round(n_items * 0.15 / 0.85) = round(12 * 0.1765) = 2.
@@ -97,8 +177,9 @@ def test_corpus_captions_name_their_findings(corpus):
   assert corpus.images.shape == (n_items + 2, SIZE, SIZE, 3)
   assert corpus.images.dtype == np.uint8
   domain_of = {c: t.domain for t in chosen for c in t.class_names}
-  for caption, domain, finding in zip(corpus.captions, corpus.domains,
-                                      corpus.findings):
+  for caption, domain, finding, named in zip(
+      corpus.captions, corpus.domains, corpus.findings, corpus.named):
+    assert named == finding
     if finding:
       # Templates may capitalise the finding; compare case-insensitively.
       assert finding in caption.lower(), caption
@@ -109,6 +190,54 @@ def test_corpus_captions_name_their_findings(corpus):
       assert domain == '' and caption in synth.DISTRACTOR_CAPTIONS
   counts = collections.Counter(f for f in corpus.findings if f)
   assert counts == {c: 2 for c in domain_of}
+
+
+def test_shifted_corpus_coverage_and_noisy_captions(shifted_corpus):
+  corpus = shifted_corpus
+  chosen = [synth.TASKS['xray_pattern'], synth.TASKS['fundus_rop']]
+  # Figures per finding: per_class (2) x its coverage share, at least 1.
+  want = {c: max(1, round(2 * share)) for t in chosen
+          for c, share in zip(t.class_names,
+                              synth.coverage(t, SHIFTED.coverage))}
+  n_items = sum(want.values())
+  n_distract = round(n_items * 0.25 / 0.75)
+  assert len(corpus.captions) == n_items + n_distract
+  assert corpus.images.shape == (n_items + n_distract, SIZE, SIZE, 3)
+  assert corpus.images.dtype == np.uint8
+  assert collections.Counter(f for f in corpus.findings if f) == want
+  domain_of = {c: t.domain for t in synth.TASKS.values()
+               for c in t.class_names}
+  for caption, domain, finding, named in zip(
+      corpus.captions, corpus.domains, corpus.findings, corpus.named):
+    if not finding:
+      assert domain == '' and named == ''
+      assert caption in synth.DISTRACTOR_CAPTIONS
+      continue
+    assert domain == domain_of[finding]
+    assert any(m in caption.lower()
+               for m in synth.DOMAINS[domain].modality), caption
+    if named:  # templates may capitalise the finding
+      assert named in caption.lower() and domain_of[named] == domain
+    else:
+      assert not any(c in caption.lower() for c in domain_of), caption
+
+
+def test_corpus_noise_and_coverage_proportions():
+  c = synth.make_corpus(per_class=40, size=8, seed=0,
+                        tasks=['path_grade', 'fundus_disc'], regime=SHIFTED)
+  kinds = collections.Counter(
+      'distractor' if not f else 'none' if not n else
+      'right' if n == f else 'wrong' for f, n in zip(c.findings, c.named))
+  items = len(c.findings) - kinds['distractor']
+  assert kinds['distractor'] / len(c.findings) == pytest.approx(0.25,
+                                                                abs=0.01)
+  assert kinds['none'] / items == pytest.approx(
+      SHIFTED.uninformative, abs=0.07)
+  assert kinds['wrong'] / items == pytest.approx(
+      SHIFTED.mislabelled, abs=0.05)
+  for name in ('path_grade', 'fundus_disc'):  # one finding of each level
+    assert sorted(synth.coverage(synth.TASKS[name], SHIFTED.coverage)
+                  ) == sorted(SHIFTED.coverage)
 
 
 def test_corpus_is_deterministic(corpus):
@@ -173,6 +302,19 @@ def test_load_benchmark_bad_order_names_config_field():
     tasks.load_benchmark(_data_cfg(order='by_colour'))
   with pytest.raises(ValueError, match=r'config\.data\.order'):
     tasks.load_benchmark(_data_cfg(order='xray_lesion+not_a_task'))
+
+
+def test_load_benchmark_bad_regime_names_config_field():
+  with pytest.raises(ValueError, match=r'config\.data\.regime'):
+    tasks.load_benchmark(_data_cfg(regime='harder'))
+
+
+def test_load_benchmark_regime_changes_the_images():
+  plain = tasks.load_benchmark(_data_cfg(order='fundus_dr'))[0]
+  shifted = tasks.load_benchmark(_data_cfg(order='fundus_dr',
+                                           regime='shifted'))[0]
+  np.testing.assert_array_equal(plain.train_labels, shifted.train_labels)
+  assert not np.array_equal(plain.train_images, shifted.train_images)
 
 
 def test_load_benchmark_bad_name_names_config_field():

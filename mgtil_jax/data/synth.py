@@ -5,9 +5,24 @@ radiographs, pink H&E-like histology, orange fundus photographs), each with
 three tasks of fine-grained findings that differ in shape, count, size,
 position, colour or texture. Class names are clinical words, so a CLIP model
 can classify them zero-shot from prompts. A "literature" corpus of
-image-caption pairs drawn from the same generator (captions such as
-"A fundus photograph of exudates.") plus distractor figures (charts, tables)
-lets a tiny CLIP be pretrained so that it starts above chance.
+image-caption pairs (captions such as "A fundus photograph of exudates.")
+plus distractor figures (charts, tables) lets a tiny CLIP be pretrained so
+that it starts above chance.
+
+How the corpus relates to the tasks is a `Regime` (config.data.regime).
+'same_scanner' (the default) renders corpus and tasks alike, so zero-shot
+is already strong. 'shifted' carries knowledge of the findings the way real
+literature does, to bring zero-shot well below fine-tuning (the regime of
+MGTIL; not yet calibrated, see benchmarks/RESULTS.md):
+- acquisition shift: every task's images pass through their own scanner
+  (gamma, colour cast, blur, zoom, noise; `acquisition`), the corpus's
+  textbook figures through a neutral one;
+- partial coverage: within each task one finding is well covered, one less
+  and the others rarely (`coverage`);
+- noisy captions: some name only the modality, a few a wrong finding of the
+  same domain;
+- subtle cases: a share of task images shows its finding barely visible,
+  which bounds single-task accuracy below 100%; the corpus shows clear cases.
 
 Everything is a deterministic function of (seed, name): nothing is
 downloaded. Images are uint8[N, S, S, 3].
@@ -20,6 +35,11 @@ import zlib
 from typing import Callable, Sequence
 
 import numpy as np
+
+# Bumped whenever the generator's output changes; part of the data caches'
+# keys (mgtil_jax/data/tasks.py), so a cache of an older generator is rebuilt.
+# 2: regimes ('same_scanner' renders as version 1 did).
+VERSION = 2
 
 # ----------------------------------------------------------------- drawing --
 
@@ -410,13 +430,115 @@ def _rng(seed: int, *names) -> np.random.Generator:
   return np.random.default_rng(key)
 
 
-def render(task: Task, label: int, rng, size: int) -> np.ndarray:
+# ------------------------------------------------------------ acquisition --
+# Each task's images come from their own "scanner"; the corpus's figures from
+# a neutral one. The shift is what a model pretrained on the literature meets
+# at a new site, and what fine-tuning on one task adapts to (and away from).
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquisition:
+  gamma: float = 1.0
+  gain: tuple[float, float, float] = (1.0, 1.0, 1.0)  # colour cast
+  offset: float = 0.0
+  blur: float = 0.0        # Gaussian sigma, in units of the image side
+  zoom: float = 1.0        # > 1 magnifies about the centre
+  noise: float = 0.025     # per-pixel Gaussian sigma
+
+  def apply(self, img: np.ndarray, rng) -> np.ndarray:
+    from scipy import ndimage  # pylint: disable=g-import-not-at-top
+    size = img.shape[0]
+    if self.zoom != 1.0:
+      c = (size - 1) / 2
+      scale = 1.0 / self.zoom
+      img = np.stack([ndimage.affine_transform(
+          img[..., k], np.diag([scale, scale]),
+          offset=c - scale * c, order=1, mode='nearest')
+                      for k in range(3)], -1)
+    if self.blur > 0:
+      img = ndimage.gaussian_filter(img, (self.blur * size, self.blur * size,
+                                          0), mode='nearest')
+    if (self.gamma, self.gain, self.offset) != (1.0, (1.0, 1.0, 1.0), 0.0):
+      img = np.clip(img, 0, 1) ** self.gamma
+      img = img * np.asarray(self.gain, np.float32) + self.offset
+    noise = rng.normal(0, self.noise, img.shape[:2]).astype(np.float32)
+    img = img + noise[..., None]
+    return img
+
+
+NEUTRAL = Acquisition()
+
+
+def acquisition(task_name: str, shift: float = 1.0) -> Acquisition:
+  """The task's scanner: a deterministic function of the task's name alone
+  (a dataset keeps its site whatever the benchmark's seed); `shift` scales
+  its distance from the neutral scanner (0 = the corpus's own)."""
+  rng = _rng(0, 'acquisition', task_name)
+  gain = rng.uniform(0.7, 1.25, 3)
+  if TASKS[task_name].domain == 'xray':  # radiographs stay grayscale
+    gain[:] = gain.mean()
+  gamma = rng.uniform(np.log(0.55), np.log(1.8))
+  offset = rng.uniform(-0.08, 0.08)
+  blur = rng.uniform(0.0, 0.025)
+  zoom = rng.uniform(0.85, 1.2)
+  noise = rng.uniform(0.04, 0.08)
+  return Acquisition(
+      gamma=float(np.exp(shift * gamma)),
+      gain=tuple(float(1 + shift * (g - 1)) for g in gain),
+      offset=float(shift * offset),
+      blur=float(shift * blur),
+      zoom=float(1 + shift * (zoom - 1)),
+      noise=float(NEUTRAL.noise + shift * (noise - NEUTRAL.noise)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+  """How the literature relates to the tasks (config.data.regime)."""
+  shift: float = 0.0  # acquisition shift of the task images (`acquisition`)
+  # Share of task images whose finding is subtle (severity in [0, 0.3);
+  # the rest [0.6, 1]); the corpus always shows clear cases.
+  subtle_fraction: float = 0.0
+  # Corpus share of a task's findings by rank: one finding gets the first
+  # level, one the second, the others the last (`coverage`).
+  coverage: tuple[float, ...] = (1.0,)
+  uninformative: float = 0.0  # captions that name no finding
+  mislabelled: float = 0.0    # captions that name another finding
+  distractors: float = 0.15   # share of chart / table figures
+
+
+REGIMES = {
+    # Corpus and tasks from one renderer: zero-shot is already strong.
+    'same_scanner': Regime(),
+    # Every task through its own scanner, subtle cases, partial coverage and
+    # noisy captions (work in progress, see benchmarks/RESULTS.md).
+    'shifted': Regime(shift=1.0, subtle_fraction=0.2,
+                      coverage=(1.0, 0.5, 0.25), uninformative=0.15,
+                      mislabelled=0.05, distractors=0.25),
+}
+
+
+def get_regime(name: str) -> Regime:
+  if name not in REGIMES:
+    raise ValueError(f'config.data.regime: unknown regime {name!r}; expected '
+                     f'one of {sorted(REGIMES)}')
+  return REGIMES[name]
+
+
+def render(task: Task, label: int, rng, size: int,
+           acq: Acquisition = NEUTRAL, subtle_fraction: float = 0.0
+           ) -> np.ndarray:
+  """One image of `task`'s class `label` through scanner `acq`; with
+  `subtle_fraction` > 0 the finding is drawn at a random severity."""
   domain = DOMAINS[task.domain]
   cv = Canvas(size, 0.0)
   ctx = domain.background(cv, rng)
+  before = cv.img.copy() if subtle_fraction > 0 else None
   task.draw[label](cv, ctx, rng)
-  cv.add(rng.normal(0, 0.025, cv.img.shape[:2]).astype(np.float32),
-         [1.0, 1.0, 1.0])
+  if subtle_fraction > 0:
+    severity = (rng.uniform(0, 0.3) if rng.uniform() < subtle_fraction
+                else rng.uniform(0.6, 1.0))
+    cv.img = before + severity * (cv.img - before)
+  cv.img = acq.apply(cv.img, rng)
   return cv.to_uint8()
 
 
@@ -427,11 +549,13 @@ class Split:
 
 
 def make_split(task: Task, split: str, per_class: int, size: int,
-               seed: int) -> Split:
+               seed: int, regime: Regime = REGIMES['same_scanner']) -> Split:
   """Balanced split, classes interleaved; deterministic in (seed, task, split)."""
   rng = _rng(seed, 'task', task.name, split)
   labels = np.tile(np.arange(len(task.class_names), dtype=np.int32), per_class)
-  images = np.stack([render(task, int(y), rng, size) for y in labels])
+  acq = acquisition(task.name, regime.shift)
+  images = np.stack([render(task, int(y), rng, size, acq,
+                            regime.subtle_fraction) for y in labels])
   return Split(images, labels)
 
 
@@ -443,6 +567,13 @@ CAPTION_TEMPLATES = (
     'Representative {modality} demonstrating {finding}.',
 )
 
+# Captions that name the modality but no finding (a figure's panel label).
+UNINFORMATIVE_TEMPLATES = (
+    '{Modality} from the case series.',
+    'Follow-up {modality}.',
+    'Additional {modality} of the same patient.',
+)
+
 DISTRACTOR_CAPTIONS = (
     'Flowchart of patient selection and study enrolment.',
     'Kaplan-Meier survival curve of the two treatment groups.',
@@ -451,6 +582,13 @@ DISTRACTOR_CAPTIONS = (
     'Schematic diagram of the proposed network architecture.',
     'Photograph of the surgical instruments used in the procedure.',
 )
+
+def coverage(task: Task, levels: Sequence[float] = (1.0,)
+             ) -> tuple[float, ...]:
+  """The corpus share of each of `task`'s findings: one finding gets each
+  level, the rest the last (which one is which is fixed by the task's name)."""
+  rank = _rng(0, 'coverage', task.name).permutation(len(task.class_names))
+  return tuple(float(levels[min(int(r), len(levels) - 1)]) for r in rank)
 
 
 def _distractor_image(rng, size):
@@ -470,22 +608,27 @@ class Corpus:
   images: np.ndarray  # uint8[N, S, S, 3]
   captions: list[str]
   domains: list[str]  # '' for distractors
-  findings: list[str]  # '' for distractors
+  findings: list[str]  # the finding drawn; '' for distractors
+  named: list[str]  # the finding the caption names; '' if none
 
 
 def make_corpus(per_class: int, size: int, seed: int,
-                distractor_fraction: float = 0.15,
-                tasks: Sequence[str] | None = None) -> Corpus:
-  """The 'literature': image-caption pairs for every finding of every task,
-  with varied captions, plus chart/table distractors. Interleaved so that any
-  prefix covers all findings."""
+                tasks: Sequence[str] | None = None,
+                regime: Regime = REGIMES['same_scanner']) -> Corpus:
+  """The 'literature': image-caption pairs for the findings of every task
+  in proportion to `coverage` (at least one figure each), with varied (and
+  in some regimes noisy) captions, plus chart/table distractors. Shuffled."""
   rng = _rng(seed, 'corpus')
   chosen = [TASKS[t] for t in (tasks or TASKS)]
-  items = [(t, y) for _ in range(per_class) for t in chosen
-           for y in range(len(t.class_names))]
-  n_distract = int(round(len(items) * distractor_fraction /
-                         (1 - distractor_fraction)))
-  images, captions, domains, findings = [], [], [], []
+  count = {(t.name, y): max(1, int(round(per_class * share)))
+           for t in chosen
+           for y, share in enumerate(coverage(t, regime.coverage))}
+  items = [(t, y) for k in range(per_class) for t in chosen
+           for y in range(len(t.class_names)) if k < count[t.name, y]]
+  n_distract = int(round(len(items) * regime.distractors /
+                         (1 - regime.distractors)))
+  noisy = regime.uninformative + regime.mislabelled > 0
+  images, captions, domains, findings, named = [], [], [], [], []
   order = rng.permutation(len(items) + n_distract)
   for i in order:
     if i >= len(items):
@@ -493,24 +636,35 @@ def make_corpus(per_class: int, size: int, seed: int,
       captions.append(str(rng.choice(DISTRACTOR_CAPTIONS)))
       domains.append('')
       findings.append('')
+      named.append('')
       continue
     task, y = items[i]
     modality = str(rng.choice(DOMAINS[task.domain].modality))
-    finding = task.class_names[y]
-    template = str(rng.choice(CAPTION_TEMPLATES))
+    finding = name = task.class_names[y]
+    u = rng.uniform() if noisy else 1.0
+    if u < regime.uninformative:
+      template, name = str(rng.choice(UNINFORMATIVE_TEMPLATES)), ''
+    else:
+      template = str(rng.choice(CAPTION_TEMPLATES))
+      if u < regime.uninformative + regime.mislabelled:
+        others = [c for t in TASKS.values() if t.domain == task.domain
+                  for c in t.class_names if c != finding]
+        name = str(rng.choice(others))
     captions.append(template.format(
-        modality=modality, Modality=modality.capitalize(), finding=finding,
-        Finding=finding.capitalize()))
+        modality=modality, Modality=modality.capitalize(), finding=name,
+        Finding=name.capitalize()))
     images.append(render(task, y, rng, size))
     domains.append(task.domain)
     findings.append(finding)
-  return Corpus(np.stack(images), captions, domains, findings)
+    named.append(name)
+  return Corpus(np.stack(images), captions, domains, findings, named)
 
 
 def vocabulary() -> list[str]:
   """Every word the benchmark's captions and prompts can contain."""
   import re
-  texts = list(DISTRACTOR_CAPTIONS) + list(CAPTION_TEMPLATES)
+  texts = (list(DISTRACTOR_CAPTIONS) + list(CAPTION_TEMPLATES) +
+           list(UNINFORMATIVE_TEMPLATES))
   for d in DOMAINS.values():
     texts += list(d.modality)
   for t in TASKS.values():

@@ -81,18 +81,20 @@ def _synth_tasks(data_cfg, cache_dir: str | None) -> list[TaskData]:
     raise ValueError(f'config.data.order: unknown tasks {unknown}; expected '
                      f'one of {sorted(synth.ORDERS)} or task names joined by '
                      f"'+' from {sorted(synth.TASKS)}")
+  regime_name = data_cfg.get('regime', 'same_scanner')
+  regime = synth.get_regime(regime_name)
   out = []
   for name in names:
     task = synth.TASKS[name]
     spec = dict(task=name, size=data_cfg.image_size, seed=data_cfg.seed,
                 train=data_cfg.train_per_class, test=data_cfg.test_per_class,
-                version=1)
+                regime=regime_name, version=synth.VERSION)
 
     def build(task=task):
       tr = synth.make_split(task, 'train', data_cfg.train_per_class,
-                            data_cfg.image_size, data_cfg.seed)
+                            data_cfg.image_size, data_cfg.seed, regime)
       te = synth.make_split(task, 'test', data_cfg.test_per_class,
-                            data_cfg.image_size, data_cfg.seed)
+                            data_cfg.image_size, data_cfg.seed, regime)
       return dict(train_images=tr.images, train_labels=tr.labels,
                   test_images=te.images, test_labels=te.labels)
 
@@ -104,11 +106,14 @@ def _synth_tasks(data_cfg, cache_dir: str | None) -> list[TaskData]:
 
 def synth_corpus(data_cfg, per_class: int, cache_dir: str | None):
   """The synthetic 'literature' corpus: (uint8 images, captions)."""
+  regime_name = data_cfg.get('regime', 'same_scanner')
+  regime = synth.get_regime(regime_name)
   spec = dict(size=data_cfg.image_size, seed=data_cfg.seed,
-              per_class=per_class, version=1)
+              per_class=per_class, regime=regime_name, version=synth.VERSION)
 
   def build():
-    c = synth.make_corpus(per_class, data_cfg.image_size, data_cfg.seed)
+    c = synth.make_corpus(per_class, data_cfg.image_size, data_cfg.seed,
+                          regime=regime)
     return dict(images=c.images, captions=np.asarray(c.captions),
                 domains=np.asarray(c.domains))
 
