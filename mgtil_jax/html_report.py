@@ -186,9 +186,14 @@ def comparison_page(table: dict, figure=None, over_time=None) -> str:
   return _page(f"Methods on {table['benchmark']}", sections)
 
 
-def _load_runs(workdir: str, names) -> dict:
+def _load_runs(workdir: str, table: dict) -> dict:
+  """{method: results} of the comparison's runs; with several seeds, those
+  of the first seed (workdir/seed_<s>/<method>)."""
+  seeds = table.get('seeds') or []
+  if len(seeds) > 1:
+    workdir = os.path.join(workdir, f'seed_{seeds[0]}')
   runs = {}
-  for name in names:
+  for name in table['methods']:
     path = os.path.join(workdir, name, 'results.json')
     if os.path.exists(path):
       with open(path) as f:
@@ -200,7 +205,7 @@ def write_comparison(workdir: str, table: dict, figure=None) -> str:
   """report.html of a comparison, and comparison_over_time.png from the
   methods' results.json files in workdir/<method>/ (when there are any)."""
   over_time = report.plot_methods_over_time(
-      _load_runs(workdir, table['methods']),
+      _load_runs(workdir, table),
       os.path.join(workdir, 'comparison_over_time.png'))
   return _write(os.path.join(workdir, 'report.html'),
                 comparison_page(table, figure, over_time))

@@ -34,7 +34,7 @@ def fake_run(monkeypatch):
     acc = _matrix(config.method, config.seed)
     res = {'method': config.method, 'benchmark': config.data.name,
            'tasks': [{'name': f't{i}'} for i in range(3)],
-           'accuracy_matrix': acc,
+           'zero_shot': [0.3, 0.3, 0.3], 'accuracy_matrix': acc,
            'summary': dict(metrics.continual_metrics(acc), acc=np.mean(acc[-1]),
                            auc=0.9),
            'config': config.to_dict(), 'wall_time_s': 10.0 + config.seed}
