@@ -371,6 +371,8 @@ def plot_loss_terms(results: dict, path: str | None = None):
   cols = min(3, len(curves))
   rows = -(-len(curves) // cols)
   fig, axes = _figure(3.6 * cols + 1.4, 2.7 * rows + 0.5, rows, cols)
+  # One phase (joint training) is a single Axes, not an array.
+  axes = np.asarray(axes, dtype=object).reshape(rows, cols)
   seen = {}
   for k, (ax, c) in enumerate(zip(axes.flat, curves)):
     series = {'loss': c['loss']}

@@ -97,6 +97,17 @@ def test_loss_terms_plot(terms):
   assert report.plot_loss_terms(dict(r, train_curves=[])) is None
 
 
+def test_loss_terms_plot_of_one_phase():
+  # Joint training logs one phase over all tasks: a single panel.
+  r = fx.results(terms=True)
+  r = dict(r, train_curves=r['train_curves'][:1])
+  fig = report.plot_loss_terms(r)
+  panels = [ax for ax in fig.axes if ax.lines]
+  assert len(panels) == 1
+  assert [l.get_label() for l in panels[0].lines] == ['total', 'ce', 'ckt',
+                                                      'dfg']
+
+
 def test_error_interval_reads_ci_bounds_half_width_and_std():
   row = {'summary': {'last': 0.5, 'avg': 0.4, 'bwt': 0.1, 'acc': None},
          'ci': {'last': [0.45, 0.6], 'avg': 0.02},
