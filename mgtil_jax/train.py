@@ -116,7 +116,7 @@ def build_tokenizer(config, workdir: str, texts=()) -> Tokenizer:
   vocab_file = config.get('tokenizer', {}).get('vocab_file', '')
   if not vocab_file:
     vocab_file = os.path.join(workdir, 'vocab.txt')
-    words = set(synth.vocabulary())
+    words = set(synth.vocabulary(config.data.get('regime', 'same_scanner')))
     for text in texts:  # split as synth.vocabulary() splits its texts
       text = text.replace('{', ' ').replace('}', ' ').lower()
       words.update(re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text))

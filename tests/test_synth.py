@@ -250,11 +250,13 @@ def test_corpus_is_deterministic(corpus):
   assert not np.array_equal(corpus.images, other.images)
 
 
-def test_vocabulary_covers_captions(corpus):
-  vocab = set(synth.vocabulary())
-  for caption in corpus.captions:
-    for word in re.findall(r'[a-z0-9]+|[^\sa-z0-9]', caption.lower()):
-      assert word in vocab, (word, caption)
+def test_vocabulary_covers_captions(corpus, shifted_corpus):
+  for regime, captions in (('same_scanner', corpus.captions),
+                           ('shifted', shifted_corpus.captions)):
+    vocab = set(synth.vocabulary(regime))
+    for caption in captions:
+      for word in re.findall(r'[a-z0-9]+|[^\sa-z0-9]', caption.lower()):
+        assert word in vocab, (regime, word, caption)
 
 
 # ----------------------------------------------------------- batch sampler --

@@ -660,11 +660,15 @@ def make_corpus(per_class: int, size: int, seed: int,
   return Corpus(np.stack(images), captions, domains, findings, named)
 
 
-def vocabulary() -> list[str]:
-  """Every word the benchmark's captions and prompts can contain."""
+def vocabulary(regime: str = 'same_scanner') -> list[str]:
+  """Every word the benchmark's captions and prompts can contain under
+  `regime`. The same_scanner vocabulary is the one the default benchmark
+  always had: word ids seed the text embedding's init, so adding words
+  would change every default result."""
   import re
-  texts = (list(DISTRACTOR_CAPTIONS) + list(CAPTION_TEMPLATES) +
-           list(UNINFORMATIVE_TEMPLATES))
+  texts = list(DISTRACTOR_CAPTIONS) + list(CAPTION_TEMPLATES)
+  if get_regime(regime).uninformative > 0:  # captions that name no finding
+    texts += list(UNINFORMATIVE_TEMPLATES)
   for d in DOMAINS.values():
     texts += list(d.modality)
   for t in TASKS.values():
