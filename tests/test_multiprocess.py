@@ -103,6 +103,12 @@ def test_two_processes_match_one(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get('MGTIL_MULTIPROCESS_METHODS'),
+    reason='set MGTIL_MULTIPROCESS_METHODS=1: the grouped two-process '
+    'comparison takes ~7 min, and it once stalled with both processes '
+    'waiting before the second method (primed_uni) created its workdir; '
+    'until that is found it stays out of CI (issue 17)')
 def test_host_state_methods_two_processes_match_one(tmp_path):
   """Identical results.json metrics and reference sets for every method with
   host-side state. Both runs start from one initial model (a shared
