@@ -204,6 +204,13 @@ class Method:
         return out
     return None
 
+  def _merged(self, hook, *args) -> dict:
+    """Every part's dict of `hook`, merged in part order."""
+    out = {}
+    for p in self.parts:
+      out.update(getattr(p, hook)(*args))
+    return out
+
   # -- state --
   def state_trees(self, kw=None) -> tuple[str, ...]:
     kw = self.kw if kw is None else kw
@@ -238,10 +245,7 @@ class Method:
 
   # -- jitted --
   def model_kwargs(self, ctx, prompts) -> dict:
-    out = {}
-    for p in self.parts:
-      out.update(p.model_kwargs(ctx, prompts))
-    return out
+    return self._merged('model_kwargs', ctx, prompts)
 
   def task_group(self, ctx):
     """Group 'task': CE on the task batch (Eq. CE) plus the parts'
@@ -273,10 +277,7 @@ class Method:
     return out
 
   def grad_terms(self, ctx, params, state, group_grads) -> dict:
-    out = {}
-    for p in self.parts:
-      out.update(p.grad_terms(ctx, params, state, group_grads))
-    return out
+    return self._merged('grad_terms', ctx, params, state, group_grads)
 
   def transform_updates(self, ctx, updates, params, prompts):
     for p in self.parts:
@@ -313,22 +314,13 @@ class Method:
       p.open_task(exp, state, meta, t, start)
 
   def task_prompts(self, exp, meta, t) -> dict:
-    out = {}
-    for p in self.parts:
-      out.update(p.task_prompts(exp, meta, t))
-    return out
+    return self._merged('task_prompts', exp, meta, t)
 
   def extra_batch(self, exp, meta, t, s) -> dict:
-    out = {}
-    for p in self.parts:
-      out.update(p.extra_batch(exp, meta, t, s))
-    return out
+    return self._merged('extra_batch', exp, meta, t, s)
 
   def step_prompts(self, exp, t, s, steps) -> dict:
-    out = {}
-    for p in self.parts:
-      out.update(p.step_prompts(exp, t, s, steps))
-    return out
+    return self._merged('step_prompts', exp, t, s, steps)
 
   def after_step(self, exp, state, meta, t, s, steps):
     for p in self.parts:
