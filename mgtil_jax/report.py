@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mgtil_jax import metrics
+from mgtil_jax import learned, metrics
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy',
             'mgtil_jax')
@@ -63,17 +63,28 @@ def _nan_to_none(x):
 def build_results(exp, meta: dict, wall_time: float) -> dict:
   acc = np.asarray(meta['acc_rows'], np.float64)
   auc = np.asarray(meta['auc_rows'], np.float64)
-  if acc.shape[0] == acc.shape[1]:
+  if getattr(exp.method, 'per_task_bound', False):
+    # single_task: row t is the model trained on task t alone, so only the
+    # diagonal is a result (the per-task bound); no sequence, no forgetting.
+    summary = {k: float('nan') for k in ('transfer', 'avg', 'bwt',
+                                         'forgetting')}
+    summary.update(last=float(np.diag(acc).mean()),
+                   zero_shot_mean=float(np.mean(meta['zero_shot'])))
+  elif acc.shape[0] == acc.shape[1]:
     summary = metrics.continual_metrics(acc, meta['zero_shot'])
   else:  # joint training: one row, only the final-accuracy metrics apply
     summary = {k: float('nan') for k in ('transfer', 'avg', 'bwt',
                                          'forgetting')}
     summary.update(last=float(acc[-1].mean()),
                    zero_shot_mean=float(np.mean(meta['zero_shot'])))
-  # ACC / AUC as the paper's MedXtreme table: the final row's means.
-  summary['acc'] = float(acc[-1].mean())
-  summary['auc'] = float(np.nanmean(auc[-1])) if np.isfinite(
-      auc[-1]).any() else float('nan')
+  # ACC / AUC as the paper's MedXtreme table: the final row's means (the
+  # diagonal's for single_task, whose final row is one task's model).
+  final_acc, final_auc = acc[-1], auc[-1]
+  if getattr(exp.method, 'per_task_bound', False):
+    final_acc, final_auc = np.diag(acc), np.diag(auc)
+  summary['acc'] = float(final_acc.mean())
+  summary['auc'] = float(np.nanmean(final_auc)) if np.isfinite(
+      final_auc).any() else float('nan')
   tasks = [{'name': t.name, 'domain': t.domain,
             'class_names': list(t.class_names),
             'num_train': int(len(t.train_labels)),
@@ -92,6 +103,13 @@ def build_results(exp, meta: dict, wall_time: float) -> dict:
       # {group or term: [[step, share of the summed gradient norms]]}.
       'train_curves': meta['train_curves'],
       'reference': meta.get('reference', []),
+      # Tasks whose accuracy after their own training stayed near the
+      # majority-class rate, or whose predictions collapsed (learned.py).
+      'not_learned': meta.get('not_learned', []),
+      # single_task only: the diagonal, each task by its own model.
+      'per_task_bound': ([float(x) for x in np.diag(acc)]
+                         if getattr(exp.method, 'per_task_bound', False)
+                         else None),
       'method_info': meta.get('method_info', {}),
       'config': exp.config.to_dict(),
       'versions': _versions(),
@@ -146,8 +164,11 @@ def format_table(results: dict) -> str:
   head = (f"| {'after task':<{label_w}} | " +
           ' | '.join(f'{n:>{w}}' for n, w in zip(names, widths)) + ' |')
   rule = '|' + '---|' * (len(names) + 1)
+  row_is = ('the model trained on that task alone (the diagonal is the '
+            'per-task bound)' if results.get('per_task_bound')
+            else 'after training task')
   lines = [f"Accuracy (%) of method '{results['method']}' on "
-           f"{results['benchmark']}: row = after training task, column = "
+           f"{results['benchmark']}: row = {row_is}, column = "
            'evaluated task', '', head, rule]
   for label, row in rows:
     lines.append(f'| {label:<{label_w}} | ' + ' | '.join(
@@ -186,7 +207,9 @@ def final_summary(results: dict, workdir: str) -> str:
   head = (f"== {results['method']} on {results['benchmark']} "
           f"({len(results['tasks'])} tasks"
           f"{'' if wall is None else f', {wall:.0f} s'}) ==")
-  lines = [head, f'{metrics_line}  (%)', f'outputs in {workdir}:']
+  lines = [head, f'{metrics_line}  (%)']
+  lines += learned.summary_lines(results.get('not_learned'))
+  lines.append(f'outputs in {workdir}:')
   for name, what in OUTPUTS:
     if os.path.exists(os.path.join(workdir, name)):
       lines.append(f'  {name:<24} {what}')

@@ -25,6 +25,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from mgtil_jax import checkpoint as ckpt_lib
+from mgtil_jax import learned
 from mgtil_jax import methods, report, sharding
 from mgtil_jax import validation, workdir as workdir_lib
 from mgtil_jax import steps as steps_lib
@@ -338,13 +339,18 @@ def make_evaluator(exp: Experiment):
   return evaluate
 
 
-def evaluate_all(exp: Experiment, evaluate, params, desc: str):
+def evaluate_all(exp: Experiment, evaluate, params, desc: str,
+                 predictions: dict | None = None):
+  """Accuracy and AUC of every task; each task's predictions go into
+  `predictions` (task index -> int[N]) when it is given."""
   accs, aucs = [], []
   for t, task in enumerate(report.progress(exp.tasks, desc=desc,
                                            leave=False)):
-    acc, auc, _ = evaluate(params, task, t)
+    acc, auc, preds = evaluate(params, task, t)
     accs.append(acc)
     aucs.append(auc)
+    if predictions is not None:
+      predictions[t] = preds
   return accs, aucs
 
 
@@ -478,8 +484,13 @@ def run(config, workdir: str) -> dict:
       state = train_phase(exp, state, meta, t, steps, step_fn, opt_init,
                           ckpt, writer, elapsed, num_phases)
     if method.trains or t == 0:
+      preds = {}
       acc, auc = evaluate_all(exp, evaluate, state['params'],
-                              f'eval after task {t + 1}')
+                              f'eval after task {t + 1}', preds)
+      if method.trains:  # the tasks this phase trained: did they learn?
+        trained = [t] if num_phases == len(exp.tasks) else range(len(preds))
+        meta.setdefault('not_learned', []).extend(
+            learned.check_phase(exp.tasks, trained, preds))
     else:  # no training: the model never changes, every row is the same
       acc, auc = list(meta['zero_shot']), list(meta['zero_shot_auc'])
     meta['acc_rows'].append(acc)

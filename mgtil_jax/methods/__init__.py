@@ -18,7 +18,7 @@ from mgtil_jax.methods.registry import METHODS, PAPERS, get_method, register  # 
 # Methods run by `launch.py --compare=all`, in the paper's table order.
 COMPARISON = ('zeroshot', 'ft', 'l2', 'ewc', 'lwf', 'icarl', 'wiseft', 'zscl',
               'snd', 'gift', 'moe_adapters', 'diki', 'primed_uni', 'primed',
-              'joint')
+              'single_task', 'joint')
 
 _SHARED = ('base', 'parts', 'registry', 'adapter')
 for _info in pkgutil.iter_modules(__path__):
