@@ -12,6 +12,8 @@ padding changes nothing but float rounding (tests/test_text_trim.py).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Iterable, Sequence
 
@@ -93,6 +95,12 @@ class Tokenizer:
     else:
       self._tok.enable_padding(length=self.context_length, pad_id=self.pad_id,
                                pad_token='[PAD]')
+
+  def vocab_digest(self) -> str:
+    """sha256 of the token -> id table: keys caches of models trained
+    with these ids (the pretraining cache)."""
+    vocab = sorted(self._tok.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
   def __call__(self, texts: Sequence[str] | str) -> np.ndarray:
     texts = [texts] if isinstance(texts, str) else list(texts)

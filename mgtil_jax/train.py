@@ -364,7 +364,10 @@ def pretrain(exp: Experiment, writer) -> dict:
   pcfg = cfg.pretrain
   key = tasks_lib._config_key(dict(   # pylint: disable=protected-access
       pretrain=pcfg.to_dict(), model=cfg.model.preset, seed=cfg.seed,
-      data=dict(size=cfg.data.image_size, seed=cfg.data.seed), version=1))
+      data=dict(size=cfg.data.image_size, seed=cfg.data.seed),
+      # Word ids: a vocabulary with other class names shifts them, and the
+      # cached text embeddings would then belong to other words.
+      vocab=exp.tokenizer.vocab_digest(), version=1))
   ckpt = ckpt_lib.Checkpointer(os.path.join(exp.cache_dir, f'pretrain_{key}'),
                                keep=1)
   tx = make_optimizer(lr=pcfg.lr, steps=pcfg.steps,
