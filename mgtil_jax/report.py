@@ -244,6 +244,7 @@ METHOD_COLORS = {
     'l2': '#aec7e8', 'ewc': '#17becf', 'lwf': '#9467bd', 'icarl': '#8c564b',
     'wiseft': '#bcbd22', 'zscl': '#2ca02c', 'moe_adapters': '#ff7f0e',
     'diki': '#e377c2', 'primed_uni': '#ff9896', 'primed': '#d62728',
+    'single_task': '#525252',  # a reference, neutral like joint
 }
 # One colour per loss term, the same in every panel; the total is black.
 TERM_COLORS = {
