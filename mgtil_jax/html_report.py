@@ -122,6 +122,18 @@ def run_page(results: dict, figures: dict | None = None) -> str:
               'zero-shot', 'just trained', 'final'], task_rows,
              numeric_from=3),
       '<h2>Plots</h2>']
+  not_learned = results.get('not_learned') or []
+  if not_learned:  # learned.py: said before the tables, loudly
+    sections[0:0] = [
+        '<h2>Warning: tasks that did not learn</h2>',
+        '<p>Accuracy within 5 points of the majority-class rate, or '
+        '&ge; 95 % of predictions one class, after the task\'s own '
+        'training.</p>',
+        _table(['task', 'accuracy', 'majority rate', 'top class',
+                'its share', 'reason'],
+               [[r['task'], _pct(r['acc']), _pct(r['majority_rate']),
+                 r['top_class'], _pct(r['top_class_share']), r['reason']]
+                for r in not_learned], numeric_from=1)]
   for name, fig in figures.items():
     if fig is not None:
       sections += [f'<h3>{html.escape(name)}</h3>', _img(fig, name)]

@@ -69,3 +69,14 @@ def test_phase_records_and_summary(caplog):
                                'not_learned': recs}, '/nonexistent')
   assert 'bad: acc 50.0%, majority 50.0%' in text
   assert learned.summary_lines([]) == []
+
+
+def test_report_page_shows_the_warning():
+  from mgtil_jax import html_report  # pylint: disable=g-import-not-at-top
+  import report_fixtures as fx  # pylint: disable=g-import-not-at-top
+  res = fx.results()
+  assert 'did not learn' not in html_report.run_page(res, figures={})
+  res['not_learned'] = [learned.check('pneumoniamnist', [0, 1, 1, 1],
+                                      [1, 1, 1, 1], ('normal', 'pneumonia'))]
+  page = html_report.run_page(res, figures={})
+  assert 'tasks that did not learn' in page and 'pneumoniamnist' in page
