@@ -9,6 +9,7 @@ checks that need the data (class counts, files) stay with the loaders.
 
 from __future__ import annotations
 
+import glob
 import math
 import numbers
 import os
@@ -260,9 +261,29 @@ def check_inputs(config):
   if pairs and not os.path.isdir(os.path.expanduser(str(pairs))):
     raise UserFileError(f'config.method_kwargs.gift_pairs: folder {pairs} not '
                         'found (expected the generated pairs, pairs.jsonl)')
-  if (not sources and needs_corpus(config) and
-      data.get('name') != 'mgtil_synth'):
+  needs = needs_corpus(config)
+  if not sources and needs and data.get('name') != 'mgtil_synth':
     raise UserError(corpus_missing_message(config))
+  if needs and retrieval:
+    from mgtil_jax import retrieval as retrieval_lib
+    try:  # the retrieval knobs, otherwise checked only at the first task
+      retrieval_lib.validate_config(retrieval)
+    except ValueError as e:
+      raise UserError(str(e)) from e
+    pre = retrieval.get('precomputed') or {}
+    if retrieval.get('text_encoder') == 'precomputed':
+      for name in ('caption_vectors', 'query_vectors'):
+        value = str(pre.get(name) or '')
+        if not value or not glob.glob(os.path.expanduser(value)):
+          raise UserFileError(
+              f'config.retrieval.precomputed.{name}: no file matches '
+              f"{value!r} (text_encoder='precomputed' needs it)")
+  vocab = _get(config, 'tokenizer.vocab_file')
+  if vocab is not _MISSING and vocab and not os.path.isfile(
+      os.path.expanduser(str(vocab))):
+    raise UserFileError(f'config.tokenizer.vocab_file: {vocab} not found '
+                        "(expected a WordPiece vocab.txt, or '' for the "
+                        "checkpoint's or benchmark's own)")
 
 
 def validate(config, workdir: str | None = None):

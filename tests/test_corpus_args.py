@@ -219,6 +219,19 @@ def test_validation_passes_or_names_the_argument(tmp_path, layouts):
   for arg, kind, match in cases:
     with pytest.raises(kind, match=match):
       validation.validate(_config(tmp_path, arg))
+  c = _config(tmp_path, f'method=primed,corpus={layouts}')
+  c.retrieval.text_encoder = 'precomputed'
+  with pytest.raises(errors.UserFileError,
+                     match='^config.retrieval.precomputed.caption_vectors'):
+    validation.validate(c)
+  c = _config(tmp_path, f'method=primed,corpus={layouts}')
+  c.retrieval.k_v = 0
+  with pytest.raises(errors.UserError, match='^config.retrieval.k_v'):
+    validation.validate(c)
+  c = _config(tmp_path, 'method=ft')
+  c.tokenizer.vocab_file = '/nonexistent/vocab.txt'
+  with pytest.raises(errors.UserFileError, match='^config.tokenizer.vocab'):
+    validation.validate(c)
   from configs import medmnist
   with pytest.raises(errors.UserFileError, match='^root: the data folder'):
     validation.validate(medmnist.get_config('root=/nonexistent/mm'))
