@@ -249,3 +249,40 @@ def test_command_line_refuses_in_seconds_with_one_line(tmp_path, capsys):
   assert 'corpus=' in err[0] and "method 'zscl'" in err[0]
   assert took < 30, took  # validation only: no data build, no pretraining
   assert not os.path.exists(tmp_path / 'run' / 'data')
+
+
+def test_zscl_reference_set_is_a_seeded_subset_without_eval_copies(
+    tmp_path, layouts):
+  """corpus_reference_set: reference_size image entries of the corpus,
+  the same for the same seed, none a copy of an evaluation image."""
+  import types
+  from configs import medmnist
+  from mgtil_jax import retrieval
+  c = medmnist.get_config(f'root={tmp_path},method=zscl,corpus={layouts}')
+  c.retrieval.reference_size = 3
+  # One corpus image is also a test image of the task: it must be dropped.
+  leaked = np.asarray(Image.open(layouts / 'img' / '0.png').convert('RGB'))
+  task = types.SimpleNamespace(name='t', test_images=leaked[None])
+
+  def make(seed, workdir):
+    c.seed = seed
+    exp = types.SimpleNamespace(
+        config=c, tasks=[task], workdir=str(workdir),
+        model=types.SimpleNamespace(cfg=types.SimpleNamespace(
+            vision=types.SimpleNamespace(image_size=16))),
+        tokenizer=lambda texts: np.asarray([[len(t), 1] for t in texts],
+                                           np.int32))
+    return retrieval.corpus_reference_set(exp, batch_size=2)
+
+  c.retrieval.reference_size = 10
+  everything = make(0, tmp_path / 'w')
+  # 5 image entries, 1 dropped as leaked: the other 4.
+  assert everything.images.shape == (4, 16, 16, 3)
+  assert not any((img == leaked).all() for img in everything.images)
+  c.retrieval.reference_size = 3
+  a = make(0, tmp_path / 'w')
+  assert len(a) == 3
+  b = make(0, tmp_path / 'w2')
+  assert (a.images == b.images).all() and (a.tokens == b.tokens).all()
+  picks = {make(s, tmp_path / 'w').tokens[:, 0].tobytes() for s in range(6)}
+  assert len(picks) > 1  # the seed picks the subset
