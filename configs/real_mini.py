@@ -39,9 +39,7 @@ Arguments (comma separated key=value):
 
 import os
 
-from configs import common, source_data
-
-from configs import retrieval
+from configs import common, retrieval, source_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The data folder: $MGTIL_DATA, else ../shared/data beside the repository.
@@ -51,6 +49,7 @@ ENV_ROOT = 'MGTIL_DATA'
 def default_root() -> str:
   return os.environ.get(ENV_ROOT) or os.path.normpath(
       os.path.join(REPO, '..', 'shared', 'data'))
+
 
 SOURCES = ('pneumoniamnist', 'breastmnist', 'retinamnist', 'vqa_rad_organ',
            'medpix_ct_mr')

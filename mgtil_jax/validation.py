@@ -3,8 +3,11 @@ each failure one `UserError` naming the field and what was expected.
 
 `validate(config, workdir)` is called by `launch.py` first thing and by
 `train.run` (through `workdir.guarded`), so a notebook gets the same checks.
-Fields a config does not have are skipped (the benchmarks' configs differ);
-checks that need the data (class counts, files) stay with the loaders.
+Fields a config does not have are skipped (the benchmarks' configs differ).
+`check_inputs` also checks that every path the config names exists (data
+root, corpus=, pool=, generated pairs, vocab, precomputed vectors) and that a
+method drawing reference batches has a corpus; checks that need the data
+read (class counts, file contents) stay with the loaders.
 """
 
 from __future__ import annotations
