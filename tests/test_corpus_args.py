@@ -178,6 +178,28 @@ def test_default_pool_is_packaged_and_well_formed():
       'computed tomography'
 
 
+def test_user_pools_csv_rows_and_nested(tmp_path):
+  template = 'A {modality} photo of {finding}.'
+  (tmp_path / 'p.csv').write_text(
+      'domain,site,finding,modality\nxray,lung,effusion,chest film\n'
+      'ct,head,bleed,\n')
+  got = queries.load_pool(str(tmp_path / 'p.csv'), template,
+                          {'ct': ('head ct',)})
+  assert [q.text for q in got] == ['A chest film photo of effusion.',
+                                   'A head ct photo of bleed.']
+  assert queries.pool_descriptions(str(tmp_path / 'p.csv')) == {}
+  (tmp_path / 'n.json').write_text(json.dumps({'domains': {'us': {
+      'modality': ['sonogram', 'ultrasound'], 'sites': {'neck': ['goitre']}}}}))
+  got = queries.load_pool(str(tmp_path / 'n.json'), template)
+  assert [(q.text, q.domain, q.site) for q in got] == [
+      ('A sonogram photo of goitre.', 'us', 'neck')]
+  assert queries.pool_descriptions(str(tmp_path / 'n.json')) == {
+      'us': ('sonogram', 'ultrasound')}
+  (tmp_path / 'bad.json').write_text('{"domains": {"us": ["x"]}}')
+  with pytest.raises(ValueError, match='needs a "sites" object'):
+    queries.load_pool(str(tmp_path / 'bad.json'), template)
+
+
 def test_configs_take_corpus_and_pool(tmp_path, monkeypatch):
   from configs import hieramed, medmnist, real_mini
   c = real_mini.get_config('')

@@ -44,8 +44,13 @@ DEFAULT_POOL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 @functools.lru_cache(maxsize=None)
 def _pool_modalities(path: str) -> dict[str, tuple[str, ...]]:
   """domain -> modality phrases of a nested pool file ({} for row files)."""
+  if path.lower().endswith('.csv'):
+    return {}
   with open(path, encoding='utf-8') as f:
-    data = json.load(f)
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError:
+      return {}  # load_pool names the file
   domains = data.get('domains') if isinstance(data, dict) else None
   if not isinstance(domains, dict):
     return {}
