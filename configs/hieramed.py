@@ -13,6 +13,13 @@ Arguments (comma separated key=value):
   tasks     keep only the first N tasks of the order (default 0 = all)
   data_dir  where built datasets go (default <workdir>/data/tfds; share it
             between runs to build each dataset once per size)
+  corpus    image-caption corpus of zscl / snd / primed / primed_uni / gift
+            (required by them: this benchmark has none built in): a JSONL /
+            CSV / Parquet file of image path + caption, a MedPix 2.0 folder,
+            webdataset .tar shards, or a folder of such files; several joined
+            by '+' (docs/retrieval.md)
+  pool      question pool file, JSON or CSV (default: the packaged medical
+            pool, mgtil_jax/retrieval/pools/medical_default.json)
   runlocal  a few steps of everything (a smoke test on real folders)
 
 Folders under root, each in its dataset's own public layout (`python -m
@@ -28,7 +35,7 @@ where to get the files); rename with --config.data.folders.<name>=<folder>:
 A missing folder stops the run before any model is built, naming it.
 """
 
-from configs import common, source_data
+from configs import common, retrieval, source_data
 
 # The registry names of the readers in sources/ (the same orders as
 # mgtil_jax.data.sources.mgtil.HIERAMED_ORDERS; tests/test_builder.py checks).
@@ -44,7 +51,8 @@ def sequence_config(arg, benchmark: str, orders: dict):
   """The config of an MGTIL benchmark (shared with configs/medxtreme.py)."""
   a = common.parse_arg(arg, root='', order='I', method='ft',
                        preset='vit_b16_pubmedbert', size=0, steps=1000,
-                       tasks=0, data_dir='', runlocal=False)
+                       tasks=0, data_dir='', corpus='', pool='',
+                       runlocal=False)
   order = str(a.order)
   if order not in orders:
     raise ValueError(f'{benchmark} config: order must be one of '
@@ -55,6 +63,7 @@ def sequence_config(arg, benchmark: str, orders: dict):
       benchmark=benchmark, sources=orders[order], root=a.root,
       image_size=source_data.image_size_of(a.preset, a.size),
       num_tasks=a.tasks, data_dir=a.data_dir)
+  retrieval.apply_args(c, corpus=a.corpus, pool=a.pool)
   return source_data.apply_training(c, preset=a.preset, steps=a.steps,
                                      runlocal=a.runlocal)
 

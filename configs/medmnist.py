@@ -13,10 +13,10 @@ Arguments (comma separated key=value):
   res       MedMNIST file resolution: 28 | 64 | 128 | 224 (default 28)
   size      model image size (default: the preset's; images are resized)
   method, preset (default tiny), steps (default 300), tasks, data_dir,
-  runlocal  as in configs/hieramed.py
+  corpus, pool, runlocal  as in configs/hieramed.py
 """
 
-from configs import common, source_data
+from configs import common, retrieval, source_data
 
 # The 12 MedMNIST 2D subsets, grouped by domain.
 FLAGS = ('pneumoniamnist', 'chestmnist', 'organamnist', 'organcmnist',
@@ -27,7 +27,7 @@ FLAGS = ('pneumoniamnist', 'chestmnist', 'organamnist', 'organcmnist',
 def get_config(arg=None):
   a = common.parse_arg(arg, root='', flags='', res=28, method='ft',
                        preset='tiny', size=0, steps=300, tasks=0, data_dir='',
-                       runlocal=False)
+                       corpus='', pool='', runlocal=False)
   if a.res not in (28, 64, 128, 224):
     raise ValueError(f'medmnist config: res must be 28, 64, 128 or 224, got '
                      f'{a.res!r}')
@@ -45,5 +45,6 @@ def get_config(arg=None):
       folders={n: '.' for n in names},
       image_size=source_data.image_size_of(a.preset, a.size),
       num_tasks=a.tasks, data_dir=a.data_dir)
+  retrieval.apply_args(c, corpus=a.corpus, pool=a.pool)
   return source_data.apply_training(c, preset=a.preset, steps=a.steps,
                                      runlocal=a.runlocal)

@@ -4,7 +4,7 @@ r"""MedXtreme (MGTIL): 6 hard datasets (DESIGN.md section 2).
       --workdir runs/medxtreme_I
 
 Arguments: as configs/hieramed.py (root, order I|II, method, preset, size,
-steps, tasks, data_dir, runlocal).
+steps, tasks, data_dir, corpus, pool, runlocal).
 
 Folders under root, each in its dataset's own public layout (`python -m
 mgtil_jax.data.builder --list` prints them); rename with

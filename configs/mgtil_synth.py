@@ -12,16 +12,19 @@ Arguments (comma separated key=value):
   tasks    keep only the first N tasks of the order (default 0 = all 9)
   regime   same_scanner | shifted: how the pretraining corpus relates to the
            tasks (mgtil_jax/data/synth.py REGIMES; default same_scanner)
+  corpus   image-caption corpus for the reference-batch methods (default:
+           the synthetic literature); a file / folder of docs/retrieval.md
+  pool     question pool file (default: the synthetic findings)
   runlocal shrink everything for a smoke test / unit test
 """
 
-from configs import common
+from configs import common, retrieval
 
 
 def get_config(arg=None):
   a = common.parse_arg(arg, method='ft', order='domain', preset='tiny',
                        steps=120, tasks=0, regime='same_scanner',
-                       runlocal=False)
+                       corpus='', pool='', runlocal=False)
   c = common.base_config()
   c.method = a.method
   c.seeds = 1  # runs per method (seeds c.seed, c.seed + 1, ...); --seeds
@@ -61,6 +64,7 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 50
   # ZSCL ensembles every 100 of 1000 steps; keep that ratio.
   c.method_kwargs.we_every = max(1, a.steps // 10)
+  retrieval.apply_args(c, corpus=a.corpus, pool=a.pool)
 
   if a.runlocal:
     c.data.train_per_class = 16

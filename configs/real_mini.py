@@ -11,8 +11,22 @@ default; its MANIFEST.md gives provenance and licences):
   vqa_rad_organ   VQA-RAD radiology images by organ (head / chest / abdomen)
   medpix_ct_mr    MedPix 2.0 images, CT vs MR (dev split trains, test tests)
 
+Every method runs from the command line, e.g.
+
+  python launch.py --config=configs/real_mini.py:method=primed --workdir runs/rm
+  python launch.py --config=configs/real_mini.py --workdir runs/rm_all \
+      --compare=all
+
 Arguments (comma separated key=value):
-  root      the data folder (default: ../shared/data beside the repository)
+  root      the data folder (default: $MGTIL_DATA if set, else
+            ../shared/data beside the repository)
+  corpus    image-caption corpus of zscl / snd / primed / primed_uni / gift
+            (default real_mini: MedPix 2.0 images with their captions +
+            VQA-RAD images captioned from organ and questions, minus every
+            evaluation image of the medpix_ct_mr and vqa_rad_organ tasks;
+            docs/retrieval.md); or a file / folder in a layout of
+            docs/retrieval.md
+  pool      question pool file (default: the packaged medical pool)
   size      image size: the preset's (32 for tiny, for speed; 224 for
             vit_b16_pubmedbert); images are resized to it when built
   method    ft | l2 | zeroshot | ...    (default ft)
@@ -25,10 +39,17 @@ Arguments (comma separated key=value):
 
 import os
 
-from configs import common, source_data
+from configs import common, retrieval, source_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_ROOT = os.path.normpath(os.path.join(REPO, '..', 'shared', 'data'))
+# The data folder: $MGTIL_DATA, else ../shared/data beside the repository.
+ENV_ROOT = 'MGTIL_DATA'
+
+
+def default_root() -> str:
+  return os.environ.get(ENV_ROOT) or os.path.normpath(
+      os.path.join(REPO, '..', 'shared', 'data'))
+
 
 SOURCES = ('pneumoniamnist', 'breastmnist', 'retinamnist', 'vqa_rad_organ',
            'medpix_ct_mr')
@@ -39,19 +60,24 @@ FOLDERS = {'pneumoniamnist': 'pneumoniamnist_kaggle_rijulshr',
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, root=DEFAULT_ROOT, size=0, method='ft',
+  a = common.parse_arg(arg, root='', size=0, method='ft',
                        preset='tiny', steps=200, tasks=0, data_dir='',
-                       runlocal=False)
+                       corpus='', pool='', runlocal=False)
+  root = os.path.abspath(os.path.expanduser(str(a.root or default_root())))
   c = common.base_config()
   c.method = a.method
   c.data = source_data.data_config(
-      benchmark='real_mini', sources=SOURCES, root=a.root, folders=FOLDERS,
+      benchmark='real_mini', sources=SOURCES, root=root, folders=FOLDERS,
       image_size=source_data.image_size_of(a.preset, a.size),
       num_tasks=a.tasks, data_dir=a.data_dir)
   c.data.build_threads = 2  # small images; CI has 2 cores
-  # Placeholder: the image-caption corpus for retrieval (MedPix 2.0 captions
-  # + ROCO captions) is built by the retrieval module and wired by name.
-  c.retrieval_corpus = 'real_mini'
+  # The corpus of the reference-batch methods: real_mini's own (the reader
+  # 'real_mini' of mgtil_jax/retrieval/corpus.py) unless corpus= names one.
+  builtin = {'kind': 'real_mini',
+             'medpix': os.path.join(root, FOLDERS['medpix_ct_mr']),
+             'vqa_rad': os.path.join(root, FOLDERS['vqa_rad_organ'])}
+  retrieval.apply_args(c, corpus='' if a.corpus == 'real_mini' else a.corpus,
+                       pool=a.pool, builtin=builtin)
   c.checkpoint.every_steps = 100
   source_data.apply_training(c, preset=a.preset, steps=a.steps,
                              runlocal=a.runlocal)

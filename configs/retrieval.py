@@ -11,6 +11,8 @@ document and expose them).
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 
@@ -163,4 +165,31 @@ def defaults() -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------- reference batches --
   c.prefetch_depth = 2  # batches prepared ahead on a host thread
+  return c
+
+
+def apply_args(c, *, corpus: str = '', pool: str = '',
+               builtin: dict | None = None) -> ml_collections.ConfigDict:
+  """The `corpus=` and `pool=` arguments every benchmark config takes.
+
+  corpus: '' = the benchmark's built-in corpus (`builtin`, a reader spec,
+    or none); else a file, glob or folder in one of the layouts of
+    docs/retrieval.md ("A corpus from the command line"), several joined by
+    '+'. Its layout is found on disk when the run starts
+    (retrieval.corpus.specs_from_path); a missing path fails before any
+    data is built.
+  pool: '' = the benchmark's default question pool; else a JSON or CSV file.
+  """
+  corpus = str(corpus or '').strip()
+  if corpus:
+    parts = [p for p in corpus.split('+') if p] if not os.path.exists(
+        os.path.expanduser(corpus)) else [corpus]
+    c.retrieval.corpus.sources = ({
+        'kind': 'path', 'arg': 'corpus',
+        'paths': '+'.join(os.path.abspath(os.path.expanduser(p))
+                          for p in parts)},)
+  elif builtin:
+    c.retrieval.corpus.sources = (dict(builtin),)
+  if pool:
+    c.retrieval.pool = os.path.abspath(os.path.expanduser(str(pool)))
   return c

@@ -257,3 +257,27 @@ def test_real_command_line(good, tmp_path):
       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
   assert debug.returncode == 2 and "Traceback" in debug.stderr
   assert debug.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+# Issue 12: inputs a method needs, refused in validation (seconds), before
+# any data build or pretraining.
+@pytest.mark.parametrize('args, names', [
+    (',method=primed', ('corpus=', "method 'primed'")),
+    (',method=zscl,corpus=/nonexistent/captions.jsonl',
+     ('corpus:', '/nonexistent/captions.jsonl')),
+    (',method=primed,pool=/nonexistent/pool.json',
+     ('pool:', '/nonexistent/pool.json')),
+])
+def test_missing_corpus_or_pool(capsys, good, tmp_path, args, names):
+  _task_folder(tmp_path, 'knee', {'normal': 3, 'effusion': 3})
+  _, took = _refused(capsys, good, [
+      f'--config=configs/custom.py:root={tmp_path},tasks=knee,runlocal' +
+      args, f'--workdir={tmp_path / "w"}'], *names)
+  assert took < 30, took
+  assert not os.path.exists(tmp_path / 'w' / 'data')
+
+
+def test_missing_data_root(capsys, good, tmp_path):
+  _refused(capsys, good, [
+      f'--config=configs/real_mini.py:root={tmp_path / "nope"},runlocal',
+      f'--workdir={tmp_path / "w"}'], 'root', str(tmp_path / 'nope'))

@@ -74,6 +74,9 @@ def make_reference_source(exp, kind: str, batch_size: int):
     from mgtil_jax import retrieval  # pylint: disable=g-import-not-at-top
     exp.config.retrieval.mode = kind.split('_')[1]
     return retrieval.build_reference_source(exp, batch_size)
+  if exp.config.retrieval.corpus.sources:  # corpus=: a subset of it
+    from mgtil_jax import retrieval  # pylint: disable=g-import-not-at-top
+    return retrieval.corpus_reference_set(exp, batch_size)
   if exp.config.data.name != 'mgtil_synth':
     raise ValueError(f"config.method_kwargs.reference: 'corpus' needs an "
                      f'image-caption corpus; benchmark '

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import os
 
-from mgtil_jax import sharding
+from mgtil_jax import errors, sharding
 from mgtil_jax.retrieval import corpus as corpus_lib
 from mgtil_jax.retrieval import queries as queries_lib
 from mgtil_jax.retrieval import trace
 from mgtil_jax.retrieval.memory import RetrievalMemory
 from mgtil_jax.retrieval.sampler import RetrievalReferenceSource, prefetch
 
-__all__ = ['build_reference_source', 'prefetch', 'RetrievalReferenceSource',
-           'RetrievalMemory', 'validate_config']
+__all__ = ['build_reference_source', 'corpus_reference_set', 'prefetch',
+           'RetrievalReferenceSource', 'RetrievalMemory', 'validate_config']
 
 
 def validate_config(cfg) -> None:
@@ -80,9 +80,8 @@ def corpus_specs(exp) -> list[dict]:
   if cfg.sources:
     return [dict(s) for s in cfg.sources]
   if exp.config.data.name != 'mgtil_synth':
-    raise ValueError('config.retrieval.corpus.sources: empty, and benchmark '
-                     f'{exp.config.data.name!r} has no built-in corpus; give '
-                     "e.g. ({'kind': 'parquet', 'paths': '/data/pmc/*.parquet'},)")
+    from mgtil_jax import validation  # pylint: disable=g-import-not-at-top
+    raise errors.UserError(validation.corpus_missing_message(exp.config))
   per_class = cfg.synth_per_class or exp.config.get(
       'pretrain', {}).get('corpus_per_class', 120)
   return [{'kind': 'synth', 'per_class': int(per_class),
@@ -95,6 +94,9 @@ def domain_descriptions(exp, pool) -> dict[str, tuple[str, ...]]:
   domains = {q.domain for q in pool if q.domain} | {t.domain for t in
                                                      exp.tasks}
   out = queries_lib.default_descriptions(sorted(domains))
+  if exp.config.retrieval.pool:  # a nested pool's own modality phrases
+    out.update({d: p for d, p in queries_lib.pool_descriptions(
+        exp.config.retrieval.pool).items() if d in domains})
   for d, phrases in dict(exp.config.retrieval.domain_descriptions).items():
     out[d] = (phrases,) if isinstance(phrases, str) else tuple(phrases)
   return out
@@ -113,9 +115,58 @@ def question_pool(exp) -> list:
     return queries_lib.synth_pool(cfg.query_template)
   if cfg.mode == 'uni':
     return []
-  raise ValueError('config.retrieval.pool: empty, and benchmark '
-                   f'{exp.config.data.name!r} has no default question pool; '
-                   'give a JSON or CSV file with domain / site / finding')
+  # Any other benchmark: the packaged medical pool (docs/retrieval.md).
+  return queries_lib.default_pool(cfg.query_template)
+
+
+def corpus_dir_of(exp, specs) -> str:
+  """Where the corpus of `specs` is ingested (shared by PRIMED's memory and
+  ZSCL's reference set, so one ingestion serves both)."""
+  cfg = exp.config.retrieval
+  root = os.path.join(exp.workdir, 'retrieval')
+  return cfg.corpus.dir or os.path.join(
+      root, 'corpus-' + corpus_lib.spec_key(specs, cfg.corpus.shard_size,
+                                            cfg.corpus.check_images))
+
+
+def corpus_reference_set(exp, batch_size: int):
+  """ZSCL's reference set on a benchmark given a corpus: a random subset
+  (seeded by config.seed, the same for every method) of the corpus's image
+  entries, of PRIMED_uni's size (config.retrieval.reference_size), with
+  entries that near-duplicate an evaluation image dropped (pHash, as the
+  retrieval memory's leakage check)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mgtil_jax import reference  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.retrieval import leakage as leakage_lib  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.retrieval import memory as memory_lib  # pylint: disable=g-import-not-at-top
+  cfg = exp.config.retrieval
+  specs = corpus_specs(exp)
+  directory = corpus_dir_of(exp, specs)
+  if memory_lib._is_lead():  # pylint: disable=protected-access
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    corpus_lib.open_or_ingest(specs, directory,
+                              shard_size=cfg.corpus.shard_size,
+                              check_images=cfg.corpus.check_images)
+  memory_lib._sync('reference_corpus')  # pylint: disable=protected-access
+  corpus = corpus_lib.Corpus(directory)
+  keep = corpus.has_image.copy()
+  if cfg.leakage.check and cfg.leakage.drop:
+    lk = cfg.leakage
+    report = leakage_lib.check(corpus, exp.tasks, method='phash',
+                               max_distance=lk.max_distance,
+                               max_pixel_diff=lk.max_pixel_diff)
+    keep[np.asarray(report['leaked_rows'], np.int64)] = False
+  rows = np.flatnonzero(keep)
+  if not len(rows):
+    raise errors.UserError(f'retrieval corpus {directory}: no image entry '
+                           'left for the reference set')
+  pick = np.sort(rows[np.random.default_rng([exp.config.seed, 7]).permutation(
+      len(rows))[:cfg.reference_size]])
+  images = corpus.images(pick, exp.model.cfg.vision.image_size,
+                         cfg.decode_threads)
+  captions = corpus.captions.take(pick)
+  return reference.FixedReferenceSet(images, exp.tokenizer(captions),
+                                     batch_size, exp.config.seed)
 
 
 def build_reference_source(exp, batch_size: int) -> RetrievalReferenceSource:
@@ -133,10 +184,7 @@ def build_reference_source(exp, batch_size: int) -> RetrievalReferenceSource:
   root = os.path.join(exp.workdir, 'retrieval')
   os.makedirs(root, exist_ok=True)
   specs = corpus_specs(exp)
-  corpus_dir = cfg.corpus.dir or os.path.join(root, 'corpus-' + corpus_lib.
-                                              spec_key(specs,
-                                                       cfg.corpus.shard_size,
-                                                       cfg.corpus.check_images))
+  corpus_dir = corpus_dir_of(exp, specs)
   towers = embed_lib.ClipTowers(exp, cfg.embed_batch_size)
   memory = RetrievalMemory(cfg, root=root, corpus_specs=specs,
                            corpus_dir=corpus_dir, towers=towers,

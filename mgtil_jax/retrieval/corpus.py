@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 from concurrent import futures
@@ -344,10 +345,32 @@ def read_synth(spec: dict) -> Iterator[Entry | Skip]:
                 source='mgtil_synth')
 
 
+def synpic_id(name: str) -> str:
+  """The MedPix image id ('synpic12345') inside a file or record name
+  ('MPX1007_synpic46719', 'synpic46719.jpg'); '' when there is none. VQA-RAD
+  and MedPix 2.0 both draw on MedPix, so this is how one image is recognised
+  in both."""
+  match = re.search(r'synpic\d+', str(name))
+  return match.group(0) if match else ''
+
+
+def _excluded(spec: dict) -> frozenset:
+  """spec['exclude']: image names or synpic ids kept out of the corpus
+  (the evaluation images of a benchmark)."""
+  out = set()
+  for name in spec.get('exclude') or ():
+    out.add(str(name))
+    if synpic_id(name):
+      out.add(synpic_id(name))
+  return frozenset(out)
+
+
 def read_medpix(spec: dict) -> Iterator[Entry | Skip]:
   """MedPix 2.0: `Descriptions.json` (per-image records) + `images/<image>.png`.
   Records whose image is not in the folder (e.g. the train split left out)
-  are skipped as 'missing_image'."""
+  are skipped as 'missing_image'; images named in `exclude` (or sharing
+  their synpic id) as 'excluded'."""
+  exclude = _excluded(spec)
   for root in _paths(spec, 'medpix'):
     desc = os.path.join(root, 'Descriptions.json')
     if not os.path.exists(desc):
@@ -366,6 +389,9 @@ def read_medpix(spec: dict) -> Iterator[Entry | Skip]:
         continue
       if not caption.strip():
         yield Skip('missing_caption', where)
+        continue
+      if name in exclude or (synpic_id(name) and synpic_id(name) in exclude):
+        yield Skip('excluded', where)
         continue
       image = _read_file(os.path.join(root, 'images', f'{name}.png'))
       if image is None:
@@ -394,10 +420,175 @@ def read_roco(spec: dict) -> Iterator[Entry | Skip]:
                     source='roco', modality='radiology', domain='radiology')
 
 
+VQA_RAD_ORGANS = {'HEAD': 'head', 'CHEST': 'chest', 'ABD': 'abdomen'}
+
+
+def vqa_rad_caption(organ: str, qa: list[tuple[str, str]],
+                    max_questions: int = 4) -> str:
+  """A caption for a VQA-RAD image: its organ, then its first question /
+  answer pairs (the clinicians' questions name what the image shows), e.g.
+  'Radiology image of the head. Are regions of the brain infarcted? Yes.'"""
+  parts = [f'Radiology image of the {VQA_RAD_ORGANS.get(organ, organ.lower())}.']
+  for question, answer in qa[:max_questions]:
+    question = ' '.join(str(question).split())
+    answer = ' '.join(str(answer).split())
+    parts.append(f'{question} {answer}.' if answer else question)
+  return ' '.join(parts)
+
+
+def read_vqa_rad(spec: dict) -> Iterator[Entry | Skip]:
+  """VQA-RAD (`trainset.json`, `testset.json` question records with
+  image_name / image_organ / question / answer, `images/`): one entry per
+  image, captioned from its organ and questions (`vqa_rad_caption`). Images
+  named in `exclude` (or sharing their synpic id) are skipped as
+  'excluded'."""
+  exclude = _excluded(spec)
+  max_questions = int(spec.get('max_questions', 4))
+  for root in _paths(spec, 'vqa_rad'):
+    by_image: dict[str, dict] = {}
+    for file in ('trainset.json', 'testset.json'):
+      path = os.path.join(root, file)
+      if not os.path.exists(path):
+        raise FileNotFoundError(f'vqa_rad: {path} not found (expected the '
+                                'VQA-RAD layout: trainset.json, testset.json, '
+                                'images/)')
+      with open(path, encoding='utf-8') as f:
+        records = json.load(f)
+      if not isinstance(records, list):
+        raise ValueError(f'{path}: expected a list of question records')
+      for r in records:
+        name = r.get('image_name') if isinstance(r, dict) else None
+        if not name:
+          yield Skip('bad_row', path)
+          continue
+        item = by_image.setdefault(name, {'organ': '', 'qa': []})
+        item['organ'] = item['organ'] or str(r.get('image_organ') or
+                                             '').strip()
+        item['qa'].append((r.get('question') or '', r.get('answer') or ''))
+    for name in sorted(by_image):
+      where = f'{root}:{name}'
+      item = by_image[name]
+      if name in exclude or (synpic_id(name) and synpic_id(name) in exclude):
+        yield Skip('excluded', where)
+        continue
+      if not item['organ']:
+        yield Skip('missing_caption', where)
+        continue
+      image = _read_file(os.path.join(root, 'images', name))
+      if image is None:
+        yield Skip('missing_image', where)
+        continue
+      yield Entry(id=f'vqa_rad-{os.path.splitext(name)[0]}', image=image,
+                  caption=vqa_rad_caption(item['organ'], item['qa'],
+                                          max_questions),
+                  source='vqa_rad', modality='radiology', domain='radiology')
+
+
+def real_mini_eval_images(medpix_root: str, vqa_rad_root: str) -> list[str]:
+  """The evaluation images of real_mini's two tasks drawn from the corpus's
+  own datasets (medpix_ct_mr's test split, vqa_rad_organ's test split), by
+  the task readers themselves, so the corpus can never hold them."""
+  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.data.sources import medpix, vqa_rad
+  out = [e.key for e in medpix.read(medpix_root)['test']]
+  out += [e.key for e in vqa_rad.read(vqa_rad_root)['test']]
+  return sorted(out)
+
+
+def read_real_mini(spec: dict) -> Iterator[Entry | Skip]:
+  """real_mini's corpus: MedPix 2.0 images with their captions and VQA-RAD
+  images captioned from organ and questions, minus every evaluation image
+  of the benchmark's medpix_ct_mr and vqa_rad_organ tasks (matched by name
+  and by synpic id, since 2 MedPix images are also VQA-RAD images).
+  spec: {'kind': 'real_mini', 'medpix': <folder>, 'vqa_rad': <folder>}."""
+  for key in ('medpix', 'vqa_rad'):
+    if not spec.get(key) or not os.path.isdir(spec[key]):
+      raise FileNotFoundError(f'retrieval corpus (real_mini): the {key} '
+                              f'folder {spec.get(key)!r} does not exist')
+  exclude = real_mini_eval_images(spec['medpix'], spec['vqa_rad'])
+  yield from read_medpix({'paths': spec['medpix'], 'exclude': exclude})
+  yield from read_vqa_rad({'paths': spec['vqa_rad'], 'exclude': exclude})
+
+
+# ------------------------------------------------------ a corpus by path --
+
+TABLE_EXTENSIONS = ('.jsonl', '.json', '.csv', '.tsv')
+TAR_EXTENSIONS = ('.tar', '.tar.gz', '.tgz')
+LAYOUTS = ('a JSONL / JSON / CSV / TSV table of image path + caption (images '
+           'relative to its folder), Parquet files with image bytes + '
+           'caption, webdataset .tar shards, a MedPix 2.0 folder '
+           '(Descriptions.json + images/), a VQA-RAD folder (trainset.json + '
+           'images/), or a folder of such files (docs/retrieval.md)')
+
+
+def _kind_of_file(path: str) -> str | None:
+  lower = path.lower()
+  if lower.endswith(TABLE_EXTENSIONS):
+    return 'table'
+  if lower.endswith('.parquet'):
+    return 'parquet'
+  if lower.endswith(TAR_EXTENSIONS):
+    return 'webdataset'
+  return None
+
+
+def specs_from_path(path: str, arg: str = 'corpus') -> list[dict]:
+  """Reader specs for a corpus given as one path (a file, a glob, or a
+  folder; several joined by '+'). A folder is a MedPix 2.0 or VQA-RAD
+  folder, else every table / Parquet / tar file directly inside it.
+  Errors name `arg` (the config argument the path came from)."""
+  path = os.path.expanduser(str(path).strip())
+  if not path:
+    raise ValueError(f'{arg}: empty; expected {LAYOUTS}')
+  if not glob.glob(path) and '+' in path:
+    return [s for p in path.split('+') if p for s in specs_from_path(p, arg)]
+  hits = sorted(glob.glob(path))
+  if not hits:
+    raise FileNotFoundError(f'{arg}: {path} does not exist; expected {LAYOUTS}')
+  specs = []
+  for hit in hits:
+    if os.path.isdir(hit):
+      if os.path.exists(os.path.join(hit, 'Descriptions.json')):
+        specs.append({'kind': 'medpix', 'paths': hit})
+        continue
+      if os.path.exists(os.path.join(hit, 'trainset.json')):
+        specs.append({'kind': 'vqa_rad', 'paths': hit})
+        continue
+      inside = sorted(os.path.join(hit, f) for f in os.listdir(hit)
+                      if _kind_of_file(f) and not f.startswith('.'))
+      if not inside:
+        raise ValueError(f'{arg}: the folder {hit} holds no corpus file; '
+                         f'expected {LAYOUTS}')
+      specs.extend(_file_spec(f) for f in inside)
+    else:
+      if not _kind_of_file(hit):
+        raise ValueError(f'{arg}: {hit} is not a corpus file; expected '
+                         f'{LAYOUTS}')
+      specs.append(_file_spec(hit))
+  return specs
+
+
+def _file_spec(path: str) -> dict:
+  kind = _kind_of_file(path)
+  spec = {'kind': kind, 'paths': path,
+          'source': os.path.splitext(os.path.basename(path))[0]}
+  if kind == 'table':
+    spec['image_dir'] = os.path.dirname(path)
+  return spec
+
+
+def read_path(spec: dict) -> Iterator[Entry | Skip]:
+  """{'kind': 'path', 'paths': <corpus=...>}: the layout found on disk
+  (`specs_from_path`)."""
+  yield from read_sources(specs_from_path(spec['paths'],
+                                          spec.get('arg', 'corpus')))
+
+
 READERS = {
     'jsonl': read_table, 'csv': read_table, 'table': read_table,
     'parquet': read_parquet, 'webdataset': read_webdataset,
     'synth': read_synth, 'medpix': read_medpix, 'roco': read_roco,
+    'vqa_rad': read_vqa_rad, 'real_mini': read_real_mini, 'path': read_path,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 
@@ -34,19 +35,55 @@ MEDICAL_KEYWORDS = (
 
 GENERAL_DOMAIN = 'general'
 
+# The default medical pool (package data; docs/retrieval.md): used when a
+# non-synthetic benchmark is given no pool=.
+DEFAULT_POOL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            'pools', 'medical_default.json')
+
+
+@functools.lru_cache(maxsize=None)
+def _pool_modalities(path: str) -> dict[str, tuple[str, ...]]:
+  """domain -> modality phrases of a nested pool file ({} for row files)."""
+  if path.lower().endswith('.csv'):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError:
+      return {}  # load_pool names the file
+  domains = data.get('domains') if isinstance(data, dict) else None
+  if not isinstance(domains, dict):
+    return {}
+  out = {}
+  for d, body in domains.items():
+    phrases = body.get('modality') if isinstance(body, dict) else None
+    if phrases:
+      out[d] = (phrases,) if isinstance(phrases, str) else tuple(phrases)
+  return out
+
 
 def default_descriptions(domains) -> dict[str, tuple[str, ...]]:
   """Phrases describing each domain: the synthetic benchmark's modality
-  phrases where known, else the domain name itself."""
+  phrases where known, else the default medical pool's, else the domain
+  name itself."""
+  medical = _pool_modalities(DEFAULT_POOL)
   out = {}
   for d in domains:
     if d in synth.DOMAINS:
       out[d] = tuple(synth.DOMAINS[d].modality)
     elif d == GENERAL_DOMAIN:
       out[d] = ('chart', 'table', 'diagram', 'flowchart')
+    elif d in medical:
+      out[d] = medical[d]
     else:
       out[d] = (d,)
   return out
+
+
+def pool_descriptions(path: str) -> dict[str, tuple[str, ...]]:
+  """The modality phrases a nested pool file gives its domains ({} for a
+  row-per-query file)."""
+  return dict(_pool_modalities(os.path.abspath(path)))
 
 
 def synth_pool(template: str) -> list[Query]:
@@ -82,10 +119,13 @@ def load_pool(path: str, template: str,
       rows = list(csv.DictReader(f))
   else:
     with open(path, encoding='utf-8') as f:
-      rows = json.load(f)
-    if isinstance(rows, dict):  # {domain: {site: [finding, ...]}}
-      rows = [dict(domain=d, site=s, finding=x) for d, sites in rows.items()
-              for s, xs in sites.items() for x in xs]
+      try:
+        rows = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'config.retrieval.pool: {path} is not valid JSON '
+                         f'({e})') from None
+    if isinstance(rows, dict):
+      rows = _nested_rows(rows, path)
   if not isinstance(rows, list) or not rows:
     raise ValueError(f'{path}: expected a non-empty list of rows with '
                      'domain, site, finding')
@@ -112,6 +152,37 @@ def load_pool(path: str, template: str,
     out.append(Query(text, domain, str(row.get('site') or '').strip(),
                      finding))
   return out
+
+
+def _nested_rows(data: dict, path: str) -> list[dict]:
+  """Rows of a nested pool: {domain: {site: [finding, ...]}}, or
+  {'domains': {domain: {'modality': [phrase, ...], 'sites': {site:
+  [finding, ...]}}}} (the default pool's form; a row's modality is the
+  domain's first phrase)."""
+  if 'domains' in data:
+    rows = []
+    for d, body in (data['domains'] or {}).items():
+      if not isinstance(body, dict) or not isinstance(body.get('sites'), dict):
+        raise ValueError(f'{path}: domain {d!r} needs a "sites" object '
+                         '{site: [finding, ...]}')
+      phrases = body.get('modality') or ()
+      modality = phrases if isinstance(phrases, str) else (
+          phrases[0] if phrases else '')
+      rows += [dict(domain=d, site=site, finding=x, modality=modality)
+               for site, xs in body['sites'].items() for x in xs]
+    return rows
+  try:
+    return [dict(domain=d, site=s, finding=x) for d, sites in data.items()
+            for s, xs in sites.items() for x in xs]
+  except AttributeError:
+    raise ValueError(f'{path}: expected {{domain: {{site: [finding, ...]}}}}, '
+                     'a "domains" object, or a list of rows') from None
+
+
+def default_pool(template: str) -> list[Query]:
+  """The packaged medical question pool (a few hundred rows over the
+  common imaging modalities; docs/retrieval.md)."""
+  return load_pool(DEFAULT_POOL, template)
 
 
 def task_queries(tasks, upto: int, template: str,
