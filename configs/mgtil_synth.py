@@ -10,8 +10,9 @@ Arguments (comma separated key=value):
   preset   tiny | vit_b16_pubmedbert     (default tiny)
   steps    training steps per task      (default 120)
   tasks    keep only the first N tasks of the order (default 0 = all 9)
-  regime   same_scanner | shifted: how the pretraining corpus relates to the
-           tasks (mgtil_jax/data/synth.py REGIMES; default same_scanner)
+  regime   same_scanner | new_site | literature | shifted: how the
+           pretraining corpus relates to the tasks (mgtil_jax/data/synth.py
+           REGIMES, docs/datasets.md; default same_scanner)
   corpus   image-caption corpus for the reference-batch methods (default:
            the synthetic literature); a file / folder of docs/retrieval.md
   pool     question pool file (default: the synthetic findings)
@@ -19,6 +20,7 @@ Arguments (comma separated key=value):
 """
 
 from configs import common, retrieval
+from mgtil_jax.data import synth
 
 
 def get_config(arg=None):
@@ -38,7 +40,8 @@ def get_config(arg=None):
       test_per_class=60,
       seed=0,               # the benchmark's own seed, independent of c.seed
       # How the literature corpus relates to the tasks (mgtil_jax/data/
-      # synth.py REGIMES): same_scanner | shifted (not yet calibrated).
+      # synth.py REGIMES): same_scanner | new_site | literature | shifted
+      # (the last three opt-in: not yet in the MGTIL regime).
       regime=a.regime,
   )
   c.model.preset = a.preset
@@ -52,8 +55,9 @@ def get_config(arg=None):
       warmup_steps=50,
       weight_decay=0.05,
       # The corpus's regime, so that it is part of the pretraining cache's
-      # key and a model pretrained on another corpus is not reused.
-      corpus_regime=a.regime,
+      # key and a model pretrained on another corpus is not reused; regimes
+      # that differ only in their task images share one corpus and model.
+      corpus_regime=synth.corpus_regime(a.regime),
   )
   c.train.steps_per_task = a.steps
   c.train.batch_size = 32

@@ -96,6 +96,18 @@ def test_acquisition_is_fixed_per_task_and_differs_across_tasks():
       assert g[0] == g[1] == g[2]
 
 
+def test_acquisition_optics_scale_apart_from_tone():
+  # optics=0: the task's tone (gamma, cast, offset) at full shift, the
+  # corpus's optics (no blur, no zoom, its noise).
+  full = synth.acquisition('path_grade', 1.0)
+  tone = synth.acquisition('path_grade', 1.0, optics=0.0)
+  assert (tone.gamma, tone.gain, tone.offset) == (full.gamma, full.gain,
+                                                  full.offset)
+  assert (tone.blur, tone.zoom, tone.noise) == (0.0, 1.0, synth.NEUTRAL.noise)
+  assert synth.acquisition('path_grade', 0.5, optics=None) == (
+      synth.acquisition('path_grade', 0.5, optics=0.5))
+
+
 def test_acquisition_matches_numpy_for_gamma_gain_and_zoom():
   rng = np.random.default_rng(0)
   img = rng.uniform(0, 1, (8, 8, 3)).astype(np.float32)
@@ -240,6 +252,41 @@ def test_corpus_noise_and_coverage_proportions():
                   ) == sorted(SHIFTED.coverage)
 
 
+def test_synonyms_cover_every_finding_and_share_no_word():
+  names = [c for t in synth.TASKS.values() for c in t.class_names]
+  assert sorted(synth.SYNONYMS) == sorted(names)
+  terms = list(synth.SYNONYMS.values())
+  assert len(set(terms)) == len(terms)
+  for name, term in synth.SYNONYMS.items():
+    assert not set(name.split()) & set(term.split()), (name, term)
+    assert term not in names
+
+
+def test_renamed_captions_use_the_literature_term():
+  levels = (1.0, 0.5, 0.0)
+  regime = synth.Regime(renamed=levels)
+  c = synth.make_corpus(per_class=200, size=4, seed=0,
+                        tasks=['xray_region', 'fundus_dr'], regime=regime)
+  by_term = {v: k for k, v in synth.SYNONYMS.items()}
+  share = {n: s for name in ('xray_region', 'fundus_dr')
+           for n, s in zip(synth.TASKS[name].class_names,
+                           synth.renamed(synth.TASKS[name], levels))}
+  uses = collections.defaultdict(list)
+  for caption, finding, named in zip(c.captions, c.findings, c.named):
+    if not finding:
+      continue
+    assert named in (finding, synth.SYNONYMS[finding]), (finding, named)
+    assert named in caption.lower()
+    uses[finding].append(named in by_term)
+  for finding, flags in uses.items():  # 200 captions each: sd <= 0.035
+    assert np.mean(flags) == pytest.approx(share[finding], abs=0.1), finding
+  # One finding per task always renamed, one half the time, the rest never.
+  for name in ('xray_region', 'fundus_dr'):
+    got = sorted(synth.renamed(synth.TASKS[name], levels))
+    assert got[-2:] == [0.5, 1.0] and set(got[:-2]) == {0.0}
+  assert synth.renamed(synth.TASKS['fundus_dr']) == (0.0,) * 4
+
+
 def test_corpus_is_deterministic(corpus):
   again = synth.make_corpus(per_class=2, size=SIZE, seed=0,
                             tasks=['xray_pattern', 'fundus_rop'])
@@ -251,8 +298,13 @@ def test_corpus_is_deterministic(corpus):
 
 
 def test_vocabulary_covers_captions(corpus, shifted_corpus):
+  literature = synth.make_corpus(per_class=3, size=4, seed=0,
+                                 regime=synth.REGIMES['literature'])
+  assert any(t in c.lower() for c in literature.captions
+             for t in synth.SYNONYMS.values())
   for regime, captions in (('same_scanner', corpus.captions),
-                           ('shifted', shifted_corpus.captions)):
+                           ('shifted', shifted_corpus.captions),
+                           ('literature', literature.captions)):
     vocab = set(synth.vocabulary(regime))
     for caption in captions:
       for word in re.findall(r'[a-z0-9]+|[^\sa-z0-9]', caption.lower()):
@@ -317,6 +369,26 @@ def test_load_benchmark_regime_changes_the_images():
                                            regime='shifted'))[0]
   np.testing.assert_array_equal(plain.train_labels, shifted.train_labels)
   assert not np.array_equal(plain.train_images, shifted.train_images)
+
+
+def test_regimes_that_differ_only_in_task_images_share_one_corpus():
+  # new_site keeps same_scanner's literature: one corpus, one vocabulary
+  # and so one pretrained model (the pretraining cache's key).
+  assert synth.corpus_regime('same_scanner') == 'same_scanner'
+  assert synth.corpus_regime('new_site') == 'same_scanner'
+  assert synth.corpus_regime('shifted') == 'shifted'
+  assert synth.vocabulary('new_site') == synth.vocabulary('same_scanner')
+  a = synth.make_corpus(per_class=1, size=SIZE, seed=0, tasks=['fundus_dr'])
+  b = synth.make_corpus(per_class=1, size=SIZE, seed=0, tasks=['fundus_dr'],
+                        regime=synth.REGIMES['new_site'])
+  np.testing.assert_array_equal(a.images, b.images)
+  assert a.captions == b.captions
+  # ... while its task images differ (the site's tone and subtle cases).
+  task = synth.TASKS['fundus_dr']
+  plain = synth.make_split(task, 'test', 2, SIZE, seed=0)
+  site = synth.make_split(task, 'test', 2, SIZE, seed=0,
+                          regime=synth.REGIMES['new_site'])
+  assert not np.array_equal(plain.images, site.images)
 
 
 def test_load_benchmark_bad_name_names_config_field():

@@ -11,9 +11,13 @@ that it starts above chance.
 
 How the corpus relates to the tasks is a `Regime` (config.data.regime).
 'same_scanner' (the default) renders corpus and tasks alike, so zero-shot
-is already strong. 'shifted' carries knowledge of the findings the way real
-literature does, to bring zero-shot well below fine-tuning (the regime of
-MGTIL; not yet calibrated, see benchmarks/RESULTS.md):
+is already strong. The opt-in regimes bring zero-shot well below
+fine-tuning's start, toward the regime of MGTIL; none reaches it yet,
+because fine-tuning the tiny model does not learn tasks it starts at chance
+on (benchmarks/RESULTS.md, "Issue 11: regime and seeds"; docs/datasets.md).
+'new_site' keeps same_scanner's corpus and shifts only the task images'
+tone; 'literature' names findings unevenly (`SYNONYMS`, partial coverage);
+'shifted' carries knowledge of the findings the way real literature does:
 - acquisition shift: every task's images pass through their own scanner
   (gamma, colour cast, blur, zoom, noise; `acquisition`), the corpus's
   textbook figures through a neutral one;
@@ -416,6 +420,29 @@ TASKS = {
     ]
 }
 
+# The literature's own term for each finding, where a dataset's class name
+# is another (a regime's `renamed` decides how often the corpus uses it). No
+# synonym shares a word with its class name.
+SYNONYMS = {
+    'nodule': 'coin lesion', 'mass': 'tumour', 'cavity': 'cavitation',
+    'fibrosis': 'scarring', 'granuloma': 'tuberculoma',
+    'metastases': 'secondary deposits',
+    'miliary pattern': 'disseminated nodularity',
+    'pneumothorax': 'collapsed lung', 'pleural effusion': 'hydrothorax',
+    'cardiomegaly': 'enlarged heart', 'normal mucosa': 'benign epithelium',
+    'adenoma': 'polyp', 'carcinoma': 'malignancy', 'glands': 'acini',
+    'stroma': 'connective tissue', 'necrosis': 'cell death',
+    'lymphocytes': 'immune infiltrate', 'mucin': 'mucus',
+    'haemorrhage': 'bleeding', 'adipose': 'fat',
+    'healthy retina': 'no retinopathy', 'microaneurysms': 'red dots',
+    'retinal hemorrhages': 'blot haemorrhages',
+    'hard exudates': 'lipid deposits',
+    'normal optic disc': 'physiological cup', 'glaucoma': 'cupping',
+    'papilledema': 'swollen nerve head', 'demarcation ridge': 'white line',
+    'neovascularization': 'new vessels',
+    'retinal detachment': 'detached retina',
+}
+
 # Order I groups tasks by domain (like HieraMedTransfer order I); order II is
 # alphabetical (like its order II).
 ORDERS = {
@@ -469,10 +496,14 @@ class Acquisition:
 NEUTRAL = Acquisition()
 
 
-def acquisition(task_name: str, shift: float = 1.0) -> Acquisition:
+def acquisition(task_name: str, shift: float = 1.0,
+                optics: float | None = None) -> Acquisition:
   """The task's scanner: a deterministic function of the task's name alone
   (a dataset keeps its site whatever the benchmark's seed); `shift` scales
-  its distance from the neutral scanner (0 = the corpus's own)."""
+  its distance from the neutral scanner in tone (gamma, colour cast,
+  offset; 0 = the corpus's own) and `optics` (default `shift`) in blur, zoom
+  and noise."""
+  optics = shift if optics is None else optics
   rng = _rng(0, 'acquisition', task_name)
   gain = rng.uniform(0.7, 1.25, 3)
   if TASKS[task_name].domain == 'xray':  # radiographs stay grayscale
@@ -486,15 +517,16 @@ def acquisition(task_name: str, shift: float = 1.0) -> Acquisition:
       gamma=float(np.exp(shift * gamma)),
       gain=tuple(float(1 + shift * (g - 1)) for g in gain),
       offset=float(shift * offset),
-      blur=float(shift * blur),
-      zoom=float(1 + shift * (zoom - 1)),
-      noise=float(NEUTRAL.noise + shift * (noise - NEUTRAL.noise)))
+      blur=float(optics * blur),
+      zoom=float(1 + optics * (zoom - 1)),
+      noise=float(NEUTRAL.noise + optics * (noise - NEUTRAL.noise)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Regime:
   """How the literature relates to the tasks (config.data.regime)."""
-  shift: float = 0.0  # acquisition shift of the task images (`acquisition`)
+  shift: float = 0.0  # tone shift of the task images (`acquisition`)
+  optics: float | None = None  # blur / zoom / noise shift (None = `shift`)
   # Share of task images whose finding is subtle (severity in [0, 0.3);
   # the rest [0.6, 1]); the corpus always shows clear cases.
   subtle_fraction: float = 0.0
@@ -503,6 +535,10 @@ class Regime:
   coverage: tuple[float, ...] = (1.0,)
   uninformative: float = 0.0  # captions that name no finding
   mislabelled: float = 0.0    # captions that name another finding
+  # Share of a finding's captions that call it by the literature's term
+  # (`SYNONYMS`) instead of the dataset's class name, by rank within a task
+  # as for `coverage` (`renamed`); () = never.
+  renamed: tuple[float, ...] = ()
   distractors: float = 0.15   # share of chart / table figures
 
 
@@ -510,11 +546,40 @@ REGIMES = {
     # Corpus and tasks from one renderer: zero-shot is already strong.
     'same_scanner': Regime(),
     # Every task through its own scanner, subtle cases, partial coverage and
-    # noisy captions (work in progress, see benchmarks/RESULTS.md).
+    # noisy captions. This and the two below are opt-in: none yet reaches
+    # the MGTIL regime (fine-tuning does not learn the shifted tasks; see
+    # benchmarks/RESULTS.md, "Issue 11: regime and seeds").
     'shifted': Regime(shift=1.0, subtle_fraction=0.2,
                       coverage=(1.0, 0.5, 0.25), uninformative=0.15,
                       mislabelled=0.05, distractors=0.25),
+    # A new site: the corpus of same_scanner (every finding, clear cases,
+    # clean captions), the task images through their own scanner's tone
+    # (gamma, colour cast, offset; same optics), a share of them subtle.
+    'new_site': Regime(shift=1.0, optics=0.0, subtle_fraction=0.1),
+    # The literature names findings unevenly: partial coverage, noisy
+    # captions, and in each task one finding called only by its literature
+    # term (`SYNONYMS`) and one half the time; task images as the corpus's,
+    # a share of them subtle.
+    'literature': Regime(subtle_fraction=0.1, coverage=(1.0, 0.6, 0.3),
+                         uninformative=0.1, mislabelled=0.05,
+                         distractors=0.25, renamed=(1.0, 0.5, 0.0)),
 }
+
+
+CORPUS_FIELDS = ('coverage', 'uninformative', 'mislabelled', 'renamed',
+                 'distractors')
+
+
+def corpus_regime(name: str) -> str:
+  """The first regime (in REGIMES order) whose corpus is `name`'s: regimes
+  that differ only in their task images share one corpus, so one pretrained
+  model (the pretraining cache is keyed by this name, configs/
+  mgtil_synth.py)."""
+  mine = get_regime(name)
+  for other, r in REGIMES.items():
+    if all(getattr(r, f) == getattr(mine, f) for f in CORPUS_FIELDS):
+      return other
+  return name
 
 
 def get_regime(name: str) -> Regime:
@@ -553,7 +618,7 @@ def make_split(task: Task, split: str, per_class: int, size: int,
   """Balanced split, classes interleaved; deterministic in (seed, task, split)."""
   rng = _rng(seed, 'task', task.name, split)
   labels = np.tile(np.arange(len(task.class_names), dtype=np.int32), per_class)
-  acq = acquisition(task.name, regime.shift)
+  acq = acquisition(task.name, regime.shift, regime.optics)
   images = np.stack([render(task, int(y), rng, size, acq,
                             regime.subtle_fraction) for y in labels])
   return Split(images, labels)
@@ -588,6 +653,16 @@ def coverage(task: Task, levels: Sequence[float] = (1.0,)
   """The corpus share of each of `task`'s findings: one finding gets each
   level, the rest the last (which one is which is fixed by the task's name)."""
   rank = _rng(0, 'coverage', task.name).permutation(len(task.class_names))
+  return tuple(float(levels[min(int(r), len(levels) - 1)]) for r in rank)
+
+
+def renamed(task: Task, levels: Sequence[float] = ()) -> tuple[float, ...]:
+  """The share of each of `task`'s findings' captions that use its synonym:
+  one finding gets each level, the rest the last (0 when `levels` is
+  empty); the ranks are drawn independently of `coverage`'s."""
+  if not levels:
+    return (0.0,) * len(task.class_names)
+  rank = _rng(0, 'renamed', task.name).permutation(len(task.class_names))
   return tuple(float(levels[min(int(r), len(levels) - 1)]) for r in rank)
 
 
@@ -628,6 +703,9 @@ def make_corpus(per_class: int, size: int, seed: int,
   n_distract = int(round(len(items) * regime.distractors /
                          (1 - regime.distractors)))
   noisy = regime.uninformative + regime.mislabelled > 0
+  synonym_share = {c: share for t in TASKS.values()
+                   for c, share in zip(t.class_names,
+                                       renamed(t, regime.renamed))}
   images, captions, domains, findings, named = [], [], [], [], []
   order = rng.permutation(len(items) + n_distract)
   for i in order:
@@ -650,6 +728,8 @@ def make_corpus(per_class: int, size: int, seed: int,
         others = [c for t in TASKS.values() if t.domain == task.domain
                   for c in t.class_names if c != finding]
         name = str(rng.choice(others))
+    if regime.renamed and name and rng.uniform() < synonym_share[name]:
+      name = SYNONYMS[name]
     captions.append(template.format(
         modality=modality, Modality=modality.capitalize(), finding=name,
         Finding=name.capitalize()))
@@ -669,6 +749,8 @@ def vocabulary(regime: str = 'same_scanner') -> list[str]:
   texts = list(DISTRACTOR_CAPTIONS) + list(CAPTION_TEMPLATES)
   if get_regime(regime).uninformative > 0:  # captions that name no finding
     texts += list(UNINFORMATIVE_TEMPLATES)
+  if get_regime(regime).renamed:  # the literature's own terms
+    texts += list(SYNONYMS.values())
   for d in DOMAINS.values():
     texts += list(d.modality)
   for t in TASKS.values():
