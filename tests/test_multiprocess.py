@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -44,8 +45,37 @@ def _launch(workdir, extra=()):
           f'--workdir={workdir}', *extra]
 
 
-def _run_two(args_fn, env):
-  """Runs args_fn(extra) as two jax.distributed processes on localhost."""
+def _communicate(procs, timeout: float) -> list[str]:
+  """The outputs of `procs`; if they have not all ended `timeout` seconds
+  from now, kills every one and fails with the end of each one's output (a
+  hang must fail fast, not eat the CI budget)."""
+  deadline = time.monotonic() + timeout
+  outs = [None] * len(procs)
+  try:
+    for i, p in enumerate(procs):
+      outs[i] = p.communicate(
+          timeout=max(1.0, deadline - time.monotonic()))[0].decode()
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    tails = [(p.communicate()[0] or b'').decode()[-1500:] for p in procs]
+    pytest.fail(f'{len(procs)} processes still running after {timeout:.0f} s '
+                '(killed); ends of their outputs:\n' + '\n'.join(
+                    f'--- process {i} ---\n{t}' for i, t in enumerate(tails)))
+  return outs
+
+
+def _run_one(args, env, timeout: float):
+  """Runs `args` as one process, failing after `timeout` seconds."""
+  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+  out = _communicate([proc], timeout)[0]
+  assert proc.returncode == 0, out[-3000:]
+
+
+def _run_two(args_fn, env, timeout: float):
+  """Runs args_fn(extra) as two jax.distributed processes on localhost,
+  failing (both killed) after `timeout` seconds."""
   import portpicker  # pylint: disable=g-import-not-at-top
   port = portpicker.pick_unused_port()
   procs = [subprocess.Popen(
@@ -53,8 +83,7 @@ def _run_two(args_fn, env):
                '--num_processes=2', f'--process_id={i}']),
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
            for i in range(2)]
-  outs = [p.communicate(timeout=3000)[0].decode() for p in procs]
-  for p, out in zip(procs, outs):
+  for p, out in zip(procs, _communicate(procs, timeout)):
     assert p.returncode == 0, out[-3000:]
 
 
@@ -234,6 +263,77 @@ def test_retrieval_towers_same_vectors_on_two_processes(tmp_path):
   np.testing.assert_array_equal(a['rows'], np.arange(64))
 
 
+# ------------------------------------------------------ out-of-step probe --
+
+
+def _hosts_probe(out, port, process_id):
+  """Two processes: a barrier both reach, process 0's value on both, then a
+  barrier only process 0 reaches (process 1 waits at another): each must
+  fail within the short timeout, naming its barrier, instead of hanging."""
+  import time  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, ROOT)
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.distributed.initialize(f'localhost:{port}', 2, int(process_id),
+                             heartbeat_timeout_seconds=600)
+  from mgtil_jax import hosts  # pylint: disable=g-import-not-at-top
+  record = {}
+  hosts.sync('both')
+  record['value'] = hosts.lead_value('value', {'from': jax.process_index()})
+  record['exists'] = hosts.lead_exists(
+      out if jax.process_index() == 0 else ROOT, 'probe_file')
+  start = time.time()
+  try:
+    hosts.sync('only_lead' if jax.process_index() == 0 else 'elsewhere',
+               timeout=3)
+    record['error'] = None
+  except hosts.OutOfStepError as e:
+    record['error'] = str(e)
+  record['waited_s'] = time.time() - start
+  with open(f'{out}.{jax.process_index()}.json.tmp', 'w') as f:
+    json.dump(record, f)
+  os.replace(f'{out}.{jax.process_index()}.json.tmp',
+             f'{out}.{jax.process_index()}.json')
+  if jax.process_index() == 0:  # it hosts the coordination service
+    while not os.path.exists(f'{out}.1.json') and time.time() - start < 60:
+      time.sleep(0.2)
+  # Out of step, jax.distributed's shutdown would wait at its own barrier;
+  # the records are all the test needs.
+  os._exit(0)  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
+def test_out_of_step_processes_fail_fast(tmp_path):
+  """hosts.sync on two processes: a barrier one process never reaches fails
+  on each with one line naming it (the grouped comparison once waited
+  forever between two methods); hosts.lead_value hands process 0's value to
+  both."""
+  env = _env()
+  here = os.path.abspath(__file__)
+  out = str(tmp_path / 'probe')
+  import portpicker  # pylint: disable=g-import-not-at-top
+  port = str(portpicker.pick_unused_port())
+  procs = [subprocess.Popen([sys.executable, here, 'hosts', out, port,
+                             str(i)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for i in range(2)]
+  outs = _communicate(procs, timeout=180)
+  records = []
+  for i, (p, text) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, text[-3000:]
+    with open(f'{out}.{i}.json') as f:
+      records.append(json.load(f))
+  assert [r['value'] for r in records] == [{'from': 0}, {'from': 0}]
+  # Process 0 looked for a file that does not exist; process 1 for one that
+  # does (the repo root): both get process 0's answer.
+  assert [r['exists'] for r in records] == [False, False]
+  for r, name in zip(records, ('only_lead', 'elsewhere')):
+    assert r['error'] is not None and f"'{name}'" in r['error'], r
+    assert 'another process never reached it' in r['error'], r
+    assert r['waited_s'] < 60, r
+
+
 if __name__ == '__main__':
   if sys.argv[1] == 'towers':
     _towers_probe(*sys.argv[2:])
+  elif sys.argv[1] == 'hosts':
+    _hosts_probe(*sys.argv[2:])
