@@ -118,7 +118,7 @@ def _run_one(config, out: str) -> dict:
   Process 0 decides for every process (hosts.py): a process that reused a
   run while another trained it would wait in the other's collectives."""
   from mgtil_jax import train  # pylint: disable=g-import-not-at-top
-  found = hosts.lead_value(f'compare:{out}', _finished(config, out)
+  found = hosts.lead_value('compare_finished', _finished(config, out)
                            if hosts.is_lead() else None)
   if found['error']:
     raise ValueError(found['error'])

@@ -181,7 +181,7 @@ def guarded(run):
           check_fingerprint(config, os.path.abspath(workdir))
         except UserError as e:
           refused = str(e)
-      refused = hosts.lead_value(f'workdir_guard:{workdir}', refused)
+      refused = hosts.lead_value('workdir_guard', refused)
       if refused is not None:
         raise UserError(refused)
       try:
