@@ -316,6 +316,21 @@ def _hosts_probe(out, port, process_id):
   os._exit(0)  # pylint: disable=protected-access
 
 
+def test_hosts_on_one_process(monkeypatch):
+  """On one process the host rules cost nothing: no barrier, the value
+  itself; a bad timeout is refused naming the variable."""
+  from mgtil_jax import hosts  # pylint: disable=g-import-not-at-top
+  hosts.sync('anything', timeout=1)
+  assert hosts.lead_value('value', {'a': 1}) == {'a': 1}
+  assert hosts.lead_exists(ROOT, 'root') is True
+  monkeypatch.setenv(hosts.TIMEOUT_ENV, '0')
+  with pytest.raises(ValueError, match='MGTIL_SYNC_TIMEOUT_S: expected a '
+                     'positive number of seconds'):
+    hosts.timeout_s()
+  monkeypatch.setenv(hosts.TIMEOUT_ENV, '45')
+  assert hosts.timeout_s() == 45
+
+
 @pytest.mark.slow
 def test_out_of_step_processes_fail_fast(tmp_path):
   """hosts.sync on two processes: a barrier one process never reaches fails
