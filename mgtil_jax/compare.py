@@ -217,7 +217,8 @@ def compare(config, workdir: str, names, seeds: int | None = None) -> dict:
       hosts.sync(f'compare:{name}:{seed}')
   _tabulate(table, results, errors, names)
   write(workdir, table)
-  print('\n' + format_table(table))
+  if hosts.is_lead():  # only process 0 prints results (README)
+    print('\n' + format_table(table))
   return table
 
 
