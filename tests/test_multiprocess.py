@@ -36,6 +36,13 @@ HOST_STATE_METHODS = ('primed', 'primed_uni', 'zscl', 'ewc', 'icarl', 'snd',
 # must be replicated to be read on every process; its two-process run once
 # stalled).
 CI_METHODS = ('ft', 'icarl')
+# SnD's feature terms are norms ||f - f_teacher|| (not squared, as in its
+# official code): at a task start the student sits within ~1e-8 of the
+# previous model, where the norm's gradient (f - f_prev) / ||f - f_prev|| is
+# a unit vector set by rounding, so the cross-device sum order moves the
+# next steps' losses (observed 5.6e-3 at step 4 of task 2; the accuracy
+# matrix and metrics stay identical).
+LOSS_RTOL = {'snd': 3e-2}
 # Hard limits (s) of one launch; CI's 2 cores run each in about a tenth.
 TIMEOUT_CI, TIMEOUT_GROUPED = 1200, 3600
 # A barrier one process never reaches fails within this (hosts.py), before
@@ -164,7 +171,8 @@ def _assert_same_run(one, two, name):
   # The steps see the same batches; only the cross-device sums differ
   # (zscl: 1.6e-4 after its weight ensembling). Another reference set
   # moved primed's losses by 5e-3 to 8e-3 (issue 17).
-  np.testing.assert_allclose(loss2, loss1, rtol=1e-3, err_msg=name)
+  np.testing.assert_allclose(loss2, loss1, rtol=LOSS_RTOL.get(name, 1e-3),
+                             err_msg=name)
   meta1 = _latest_meta(os.path.join(one, name))
   meta2 = _latest_meta(os.path.join(two, name))
   ref1, ref2 = meta1.get('reference', []), meta2.get('reference', [])
