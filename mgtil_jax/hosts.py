@@ -11,7 +11,7 @@ reaches. Two rules keep them in step:
   others with `lead_value`, never taken by each process on its own.
 * Processes wait for each other with `sync`: a barrier of the jax.distributed
   coordination service with a timeout. One process that never arrives makes
-  the others fail after `MGTIL_SYNC_TIMEOUT_S` seconds (default 3600: process
+  the others fail after `MGTIL_SYNC_TIMEOUT_S` seconds (default 7200: process
   0 alone may ingest a corpus or build an index meanwhile) with one line
   naming the barrier, instead of waiting forever.
 
@@ -26,7 +26,7 @@ import os
 
 import jax
 
-DEFAULT_TIMEOUT_S = 3600
+DEFAULT_TIMEOUT_S = 7200
 TIMEOUT_ENV = 'MGTIL_SYNC_TIMEOUT_S'
 
 # Barrier and value keys are numbered in call order: the coordination
