@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mgtil_jax import hosts
 from mgtil_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,10 @@ class Checkpointer:
       raise UserError(f'config.checkpoint.keep: expected a positive integer, '
                       f'got {keep!r}')
     self.directory = directory
-    if jax.process_index() == 0:
+    if hosts.is_lead():
       clean_stale(directory)
+    # Every process lists the steps after the cleaning (hosts.py).
+    hosts.sync('checkpoint_clean')
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(keep),
         cleanup_tmp_directories=True, create=True)
@@ -115,7 +118,9 @@ class Checkpointer:
     _open.add(self)
 
   def latest_step(self):
-    return self._mgr.latest_step()
+    """Process 0's latest step, for every process: resuming on one process
+    and starting afresh on another would part them (hosts.py)."""
+    return hosts.lead_value('checkpoint_latest_step', self._mgr.latest_step())
 
   def save(self, step: int, state, meta: dict):
     if not _all_finite(state.get('params', state)):

@@ -33,7 +33,7 @@ import traceback
 
 import numpy as np
 
-from mgtil_jax import methods, report, stats
+from mgtil_jax import hosts, methods, report, stats
 
 METRICS = ('transfer', 'avg', 'last', 'bwt', 'acc', 'auc')
 # Paired differences are reported against these methods when present.
@@ -98,18 +98,32 @@ def config_diff(recorded: dict, config) -> list[str]:
                 and (k not in old or old[k] != new[k]))
 
 
+def _finished(config, out: str) -> dict:
+  """{'reuse': bool, 'error': str | None} for a finished run in `out`."""
+  results = _load(os.path.join(out, 'results.json'))
+  if results is None:
+    return {'reuse': False, 'error': None}
+  diff = config_diff(results.get('config', {}), config)
+  if diff:
+    shown = ', '.join(diff[:6]) + (' ...' if len(diff) > 6 else '')
+    return {'reuse': False,
+            'error': f'{out}/results.json was made with a different config '
+                     f'({shown}); delete {out} or use another --workdir'}
+  return {'reuse': True, 'error': None}
+
+
 def _run_one(config, out: str) -> dict:
   """results.json of a finished run with the same config, else a fresh run;
-  raises ValueError naming the fields when a finished run's config differs."""
+  raises ValueError naming the fields when a finished run's config differs.
+  Process 0 decides for every process (hosts.py): a process that reused a
+  run while another trained it would wait in the other's collectives."""
   from mgtil_jax import train  # pylint: disable=g-import-not-at-top
-  results = _load(os.path.join(out, 'results.json'))
-  if results is not None:
-    diff = config_diff(results.get('config', {}), config)
-    if diff:
-      shown = ', '.join(diff[:6]) + (' ...' if len(diff) > 6 else '')
-      raise ValueError(f'{out}/results.json was made with a different config '
-                       f'({shown}); delete {out} or use another --workdir')
-    return results
+  found = hosts.lead_value('compare_finished', _finished(config, out)
+                           if hosts.is_lead() else None)
+  if found['error']:
+    raise ValueError(found['error'])
+  if found['reuse']:
+    return _load(os.path.join(out, 'results.json'))
   return train.run(config, out)
 
 
@@ -184,6 +198,8 @@ def compare(config, workdir: str, names, seeds: int | None = None) -> dict:
       print(f'\n=== {name} (seed {seed}) ===')
       try:
         res = _run_one(cfg, out)
+      except hosts.OutOfStepError:
+        raise  # the processes parted: nothing later can run in step
       except Exception as e:  # pylint: disable=broad-except
         errors.setdefault(name, []).append(f'seed {seed}: {_error_line(e)}')
         if name not in table['failed']:
@@ -192,14 +208,19 @@ def compare(config, workdir: str, names, seeds: int | None = None) -> dict:
         print(f'{name} (seed {seed}) failed: {errors[name][-1]}')
         _tabulate(table, results, errors, names)
         write(workdir, table)
+        # A method that failed on one process only leaves the others
+        # inside it: meet here, or fail with the barrier's name.
+        hosts.sync(f'compare:{name}:{seed}')
         continue
       results[name][seed] = res
       table['tasks'] = [t['name'] for t in res['tasks']]
       _tabulate(table, results, errors, names)
       write(workdir, table)
+      hosts.sync(f'compare:{name}:{seed}')
   _tabulate(table, results, errors, names)
   write(workdir, table)
-  print('\n' + format_table(table))
+  if hosts.is_lead():  # only process 0 prints results (README)
+    print('\n' + format_table(table))
   return table
 
 
@@ -356,6 +377,11 @@ def plot(table: dict, path: str | None = None):
 
 
 def write(workdir: str, table: dict):
+  """comparison.{json,md,png,html}, written by process 0 only (two
+  processes renaming one temporary file raced: one of them failed, and the
+  other then waited for it in the next method's first barrier)."""
+  if not hosts.is_lead():
+    return
   path = os.path.join(workdir, 'comparison.json')
   with open(path + '.tmp', 'w') as f:
     json.dump(table, f, indent=1)

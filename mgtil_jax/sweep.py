@@ -17,7 +17,7 @@ import ast
 import json
 import os
 
-from mgtil_jax import compare, report
+from mgtil_jax import compare, hosts, report
 
 
 def parse_sweep(spec: str, config) -> tuple[str, list]:
@@ -63,7 +63,10 @@ def sweep(config, workdir: str, spec: str) -> dict:
   for value in values:
     name = f'{field.split(".")[-1]}={value}'
     out = os.path.join(workdir, name)
-    results = compare._load(os.path.join(out, 'results.json'))  # pylint: disable=protected-access
+    # Process 0 decides for all (hosts.py), as compare does.
+    done = hosts.lead_exists(os.path.join(out, 'results.json'),
+                             'sweep_finished')
+    results = compare._load(os.path.join(out, 'results.json')) if done else None  # pylint: disable=protected-access
     if results is None:
       cfg = config.copy_and_resolve_references()
       _set(cfg, field, value)
@@ -92,6 +95,8 @@ def format_table(table: dict) -> str:
 
 
 def write(workdir: str, table: dict):
+  if not hosts.is_lead():  # one writer (see compare.write)
+    return
   path = os.path.join(workdir, 'sweep.json')
   with open(path + '.tmp', 'w') as f:
     json.dump(table, f, indent=1, default=report._json_default)  # pylint: disable=protected-access

@@ -22,11 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
 from mgtil_jax import checkpoint as ckpt_lib
-from mgtil_jax import learned
-from mgtil_jax import methods, report, sharding
+from mgtil_jax import hosts, learned, methods, report, sharding
 from mgtil_jax import validation, workdir as workdir_lib
 from mgtil_jax import steps as steps_lib
 from mgtil_jax.data import pipeline as pipeline_lib
@@ -94,8 +92,7 @@ def validate_config(config, workdir: str | None = None):
 
 
 def _sync(name: str):
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+  hosts.sync(name)  # a barrier with a timeout (hosts.py)
 
 
 def _is_lead() -> bool:

@@ -168,12 +168,22 @@ def guarded(run):
   @functools.wraps(run)
   def wrapper(config, workdir: str, *args, **kwargs):
     # pylint: disable=g-import-not-at-top
-    import jax
-    from mgtil_jax import checkpoint
+    from mgtil_jax import checkpoint, hosts
     validation.validate(config, workdir)
-    lead = jax.process_index() == 0
-    with lock(workdir) if lead else contextlib.nullcontext():
-      check_fingerprint(config, os.path.abspath(workdir), write=lead)
+    with contextlib.ExitStack() as held:
+      # Process 0 alone locks and checks the workdir, and every process
+      # raises its refusal: a refusal on process 0 alone would leave the
+      # others waiting in the run's first barrier (hosts.py).
+      refused = None
+      if hosts.is_lead():
+        try:
+          held.enter_context(lock(workdir))
+          check_fingerprint(config, os.path.abspath(workdir))
+        except UserError as e:
+          refused = str(e)
+      refused = hosts.lead_value('workdir_guard', refused)
+      if refused is not None:
+        raise UserError(refused)
       try:
         return run(config, workdir, *args, **kwargs)
       finally:

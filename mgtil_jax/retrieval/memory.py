@@ -21,8 +21,8 @@ import sys
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
+from mgtil_jax import hosts
 from mgtil_jax.retrieval import corpus as corpus_lib
 from mgtil_jax.retrieval import embed as embed_lib
 from mgtil_jax.retrieval import index as index_lib
@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def _sync(name: str):
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+  hosts.sync(name)  # a barrier with a timeout (hosts.py)
 
 
 def _is_lead() -> bool:
@@ -78,7 +77,10 @@ class RetrievalMemory:
       self.embed_dir = os.path.join(
           self.root, f'embeddings-{self.corpus.snapshot[:12]}-'
           f'{self.cfg.text_encoder}')
-      done = _complete(self.embed_dir)
+      # Process 0's view for all: a process that saw process 0's files
+      # appear would skip the barrier the others wait at (hosts.py).
+      done = hosts.lead_value('retrieval_embed_done',
+                              _complete(self.embed_dir))
       if task_index == 0 or not done:
         if task_index != 0:
           raise FileNotFoundError(
@@ -194,14 +196,19 @@ class RetrievalMemory:
                     t.test_images).tobytes()).hexdigest()[:16])
                          for t in self.tasks]})
     path = os.path.join(self.root, f'leakage-{key}.json')
-    if not os.path.exists(path):
+    if not hosts.lead_exists(path, 'retrieval_leakage_done'):
       if lk.method == 'embedding' and encoders is None:
         raise FileNotFoundError(
             f'retrieval leakage report {path} not found; the embedding '
             'method needs the initial model (task 0)')
+      eval_fn = None
+      if encoders and lk.method == 'embedding':
+        # The image tower is a sharded call: every process embeds the
+        # evaluation images, process 0 alone then compares and writes.
+        vectors = [encoders[1].encode(t.test_images) for t in self.tasks]
+        lookup = {id(t.test_images): v for t, v in zip(self.tasks, vectors)}
+        eval_fn = lambda images: lookup[id(images)]
       if _is_lead():
-        eval_fn = (lambda images: encoders[1].encode(images)) if encoders \
-            else None
         report = leakage_lib.check(
             self.corpus, self.tasks, method=lk.method,
             max_distance=lk.max_distance, max_pixel_diff=lk.max_pixel_diff,
@@ -238,7 +245,8 @@ class RetrievalMemory:
     directory = os.path.join(self.root, f'index-{vectors}-' + _key(
         [identity, params, index_lib._hash_rows(rows)]))  # pylint: disable=protected-access
     vectors_fn = lambda r: self.embeddings.vectors(vectors, r)
-    if not os.path.exists(os.path.join(directory, index_lib.MANIFEST)):
+    if not hosts.lead_exists(os.path.join(directory, index_lib.MANIFEST),
+                             'retrieval_index_done'):
       if _is_lead():
         # The queries the run will ask (question pool, class names,
         # keywords) join the held-out rows in ScaNN's recall calibration.
