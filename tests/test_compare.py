@@ -142,3 +142,25 @@ def test_seed_list_and_bad_seeds():
   assert compare.seed_list(config, 2) == [config.seed, config.seed + 1]
   with pytest.raises(ValueError, match='--seeds'):
     compare.seed_list(config, 0)
+
+
+def test_retrieval_methods_leave_the_recorded_config_as_given(monkeypatch):
+  """primed_uni / gift pick retrieval.mode='uni' on a copy: the config the
+  run records (and --compare re-reads) keeps the user's 'dyn', so finished
+  runs are not refused as 'made with a different config (retrieval.mode)'."""
+  import dataclasses
+  from mgtil_jax import retrieval
+  from mgtil_jax.methods import parts
+  seen = {}
+  monkeypatch.setattr(retrieval, 'build_reference_source',
+                      lambda exp, batch_size: seen.setdefault('exp', exp))
+  config = mgtil_synth.get_config('runlocal')
+
+  @dataclasses.dataclass
+  class FakeExp:
+    config: object
+  exp = FakeExp(config)
+  parts.make_reference_source(exp, 'retrieval_uni', 8)
+  assert seen['exp'].config.retrieval.mode == 'uni'
+  assert exp.config.retrieval.mode == 'dyn'
+  assert compare.config_diff(exp.config.to_dict(), config) == []

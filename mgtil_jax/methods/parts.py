@@ -8,6 +8,7 @@ which batch and which weights it is evaluated on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -72,8 +73,12 @@ def make_reference_source(exp, kind: str, batch_size: int):
   size."""
   if kind.startswith('retrieval'):
     from mgtil_jax import retrieval  # pylint: disable=g-import-not-at-top
-    exp.config.retrieval.mode = kind.split('_')[1]
-    return retrieval.build_reference_source(exp, batch_size)
+    # The method picks the mode on a copy: the run's recorded config keeps
+    # what the user gave, so --compare can re-read a finished run.
+    config = exp.config.copy_and_resolve_references()
+    config.retrieval.mode = kind.split('_')[1]
+    return retrieval.build_reference_source(
+        dataclasses.replace(exp, config=config), batch_size)
   if exp.config.retrieval.corpus.sources:  # corpus=: a subset of it
     from mgtil_jax import retrieval  # pylint: disable=g-import-not-at-top
     return retrieval.corpus_reference_set(exp, batch_size)
