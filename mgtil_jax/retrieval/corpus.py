@@ -365,6 +365,12 @@ def _excluded(spec: dict) -> frozenset:
   return frozenset(out)
 
 
+def _is_excluded(name: str, exclude: frozenset) -> bool:
+  """Whether image `name` is in `exclude` (`_excluded`), by name or by its
+  synpic id."""
+  return name in exclude or (synpic_id(name) or None) in exclude
+
+
 def read_medpix(spec: dict) -> Iterator[Entry | Skip]:
   """MedPix 2.0: `Descriptions.json` (per-image records) + `images/<image>.png`.
   Records whose image is not in the folder (e.g. the train split left out)
@@ -390,7 +396,7 @@ def read_medpix(spec: dict) -> Iterator[Entry | Skip]:
       if not caption.strip():
         yield Skip('missing_caption', where)
         continue
-      if name in exclude or (synpic_id(name) and synpic_id(name) in exclude):
+      if _is_excluded(name, exclude):
         yield Skip('excluded', where)
         continue
       image = _read_file(os.path.join(root, 'images', f'{name}.png'))
@@ -442,20 +448,18 @@ def read_vqa_rad(spec: dict) -> Iterator[Entry | Skip]:
   image, captioned from its organ and questions (`vqa_rad_caption`). Images
   named in `exclude` (or sharing their synpic id) are skipped as
   'excluded'."""
+  from mgtil_jax.data.sources import vqa_rad  # pylint: disable=g-import-not-at-top
   exclude = _excluded(spec)
   max_questions = int(spec.get('max_questions', 4))
   for root in _paths(spec, 'vqa_rad'):
-    by_image: dict[str, dict] = {}
-    for file in ('trainset.json', 'testset.json'):
+    for file in vqa_rad.QUESTION_FILES:
       path = os.path.join(root, file)
       if not os.path.exists(path):
         raise FileNotFoundError(f'vqa_rad: {path} not found (expected the '
                                 'VQA-RAD layout: trainset.json, testset.json, '
                                 'images/)')
-      with open(path, encoding='utf-8') as f:
-        records = json.load(f)
-      if not isinstance(records, list):
-        raise ValueError(f'{path}: expected a list of question records')
+    by_image: dict[str, dict] = {}
+    for path, records in vqa_rad.question_records(root):
       for r in records:
         name = r.get('image_name') if isinstance(r, dict) else None
         if not name:
@@ -468,7 +472,7 @@ def read_vqa_rad(spec: dict) -> Iterator[Entry | Skip]:
     for name in sorted(by_image):
       where = f'{root}:{name}'
       item = by_image[name]
-      if name in exclude or (synpic_id(name) and synpic_id(name) in exclude):
+      if _is_excluded(name, exclude):
         yield Skip('excluded', where)
         continue
       if not item['organ']:

@@ -31,18 +31,28 @@ LAYOUT = ('<root>/trainset.json, <root>/testset.json (question records with '
           'image_name, image_organ), <root>/images/<image_name>')
 
 
-def image_organs(root: str) -> dict[str, int]:
-  """image file name -> organ label, over both question files; an image whose
-  questions disagree on its organ is an error."""
-  require(root, ['trainset.json', 'testset.json', 'images'], 'vqa_rad',
-          LAYOUT)
-  organs: dict[str, int] = {}
-  for file in ('trainset.json', 'testset.json'):
+QUESTION_FILES = ('trainset.json', 'testset.json')
+
+
+def question_records(root: str):
+  """(path, list of question records) of each question file; the task
+  reader here and the retrieval corpus's VQA-RAD reader both read them."""
+  for file in QUESTION_FILES:
     path = os.path.join(root, file)
     with open(path, encoding='utf-8') as f:
       records = json.load(f)
     if not isinstance(records, list):
       raise ValueError(f'{path}: expected a list of question records')
+    yield path, records
+
+
+def image_organs(root: str) -> dict[str, int]:
+  """image file name -> organ label, over both question files; an image whose
+  questions disagree on its organ is an error."""
+  require(root, [*QUESTION_FILES, 'images'], 'vqa_rad',
+          LAYOUT)
+  organs: dict[str, int] = {}
+  for path, records in question_records(root):
     for i, r in enumerate(records):
       name, organ = r.get('image_name'), str(r.get('image_organ', '')).strip()
       if not name or organ not in ORGANS:
