@@ -171,7 +171,7 @@ class Checkpointer:
     for s in steps:
       src = os.path.join(self.directory, str(s))
       dst = os.path.join(aside, f'{s}-{time.strftime("%Y%m%d-%H%M%S")}')
-      if jax.process_index() == 0 and os.path.exists(src):
+      if hosts.is_lead() and os.path.exists(src):
         os.makedirs(aside, exist_ok=True)
         shutil.move(src, dst)
       log.warning('checkpoint %s is unreadable; moved to %s, resuming from '

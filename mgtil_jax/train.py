@@ -95,10 +95,6 @@ def _sync(name: str):
   hosts.sync(name)  # a barrier with a timeout (hosts.py)
 
 
-def _is_lead() -> bool:
-  return jax.process_index() == 0
-
-
 def build_tokenizer(config, workdir: str, texts=()) -> Tokenizer:
   """The tokenizer of a checkpoint `config.model.init`, or of
   `config.tokenizer.vocab_file`, else a vocabulary of the synthetic corpus
@@ -118,7 +114,7 @@ def build_tokenizer(config, workdir: str, texts=()) -> Tokenizer:
     for text in texts:  # split as synth.vocabulary() splits its texts
       text = text.replace('{', ' ').replace('}', ' ').lower()
       words.update(re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text))
-    if _is_lead():
+    if hosts.is_lead():
       write_vocab(sorted(words), vocab_file)
     _sync('vocab')
   model_cfg = clip.get_preset(config.model.preset)
@@ -142,10 +138,10 @@ def setup(config, workdir: str) -> Experiment:
   method = methods.get_method(config.method, config.method_kwargs)
   cache = os.path.join(os.path.abspath(config.get('cache_dir', '') or workdir),
                        'data')
-  if _is_lead():
+  if hosts.is_lead():
     task_list = tasks_lib.load_benchmark(config.data, cache)
   _sync('data')
-  if not _is_lead():
+  if not hosts.is_lead():
     task_list = tasks_lib.load_benchmark(config.data, cache)
   tokenizer = build_tokenizer(
       config, workdir, [c for t in task_list for c in t.class_names] +
@@ -464,7 +460,7 @@ def run(config, workdir: str) -> dict:
   wall_start = time.time()
   exp = setup(config, workdir)
   workdir = exp.workdir  # absolute: orbax requires absolute paths
-  writer = report.summary_writer(workdir) if _is_lead() else None
+  writer = report.summary_writer(workdir) if hosts.is_lead() else None
   cfg, method = exp.config, exp.method
   num_phases, steps = method.phases(len(exp.tasks), cfg.train.steps_per_task)
   evaluate = make_evaluator(exp)
@@ -502,7 +498,7 @@ def run(config, workdir: str) -> dict:
   ckpt.close()
 
   results = report.build_results(exp, meta, wall_time=elapsed())
-  if _is_lead():
+  if hosts.is_lead():
     report.write_outputs(workdir, results)
     print(report.format_table(results))
     print(report.final_summary(results, workdir))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from mgtil_jax import errors, sharding
+from mgtil_jax import errors, hosts, sharding
 from mgtil_jax.retrieval import corpus as corpus_lib
 from mgtil_jax.retrieval import queries as queries_lib
 from mgtil_jax.retrieval import trace
@@ -138,16 +138,15 @@ def corpus_reference_set(exp, batch_size: int):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mgtil_jax import reference  # pylint: disable=g-import-not-at-top
   from mgtil_jax.retrieval import leakage as leakage_lib  # pylint: disable=g-import-not-at-top
-  from mgtil_jax.retrieval import memory as memory_lib  # pylint: disable=g-import-not-at-top
   cfg = exp.config.retrieval
   specs = corpus_specs(exp)
   directory = corpus_dir_of(exp, specs)
-  if memory_lib._is_lead():  # pylint: disable=protected-access
+  if hosts.is_lead():
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     corpus_lib.open_or_ingest(specs, directory,
                               shard_size=cfg.corpus.shard_size,
                               check_images=cfg.corpus.check_images)
-  memory_lib._sync('reference_corpus')  # pylint: disable=protected-access
+  hosts.sync('reference_corpus')
   corpus = corpus_lib.Corpus(directory)
   keep = corpus.has_image.copy()
   if cfg.leakage.check and cfg.leakage.drop:

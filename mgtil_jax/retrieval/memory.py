@@ -19,7 +19,6 @@ import logging
 import os
 import sys
 
-import jax
 import numpy as np
 
 from mgtil_jax import hosts
@@ -34,10 +33,6 @@ log = logging.getLogger(__name__)
 
 def _sync(name: str):
   hosts.sync(name)  # a barrier with a timeout (hosts.py)
-
-
-def _is_lead() -> bool:
-  return jax.process_index() == 0
 
 
 def _key(obj) -> str:
@@ -98,7 +93,7 @@ class RetrievalMemory:
           embed_lib.embed_corpus(
               self.corpus, self.embed_dir, text_encoder=encoders[0],
               image_encoder=encoders[1], batch_size=self.cfg.embed_batch_size,
-              threads=self.cfg.decode_threads, write=_is_lead(),
+              threads=self.cfg.decode_threads, write=hosts.is_lead(),
               progress=self.progress)
           _sync('retrieval_embed')
       self.embeddings = embed_lib.Embeddings(
@@ -120,7 +115,7 @@ class RetrievalMemory:
       self._open_index()
 
   def _open_corpus(self):
-    if _is_lead():
+    if hosts.is_lead():
       corpus_lib.open_or_ingest(self.corpus_specs, self.corpus_dir,
                                 shard_size=self.cfg.corpus.shard_size,
                                 check_images=self.cfg.corpus.check_images,
@@ -177,7 +172,7 @@ class RetrievalMemory:
     clip_vecs = encoders[2].encode(texts)
     for t, d, c in zip(texts, dense, clip_vecs):
       self._queries[t] = (d.astype(np.float32), c.astype(np.float32))
-    if _is_lead():
+    if hosts.is_lead():
       texts_all = sorted(self._queries)
       tmp = self._queries_path() + '.tmp.npz'
       np.savez(tmp, texts=np.asarray(texts_all),
@@ -208,7 +203,7 @@ class RetrievalMemory:
         vectors = [encoders[1].encode(t.test_images) for t in self.tasks]
         lookup = {id(t.test_images): v for t, v in zip(self.tasks, vectors)}
         eval_fn = lambda images: lookup[id(images)]
-      if _is_lead():
+      if hosts.is_lead():
         report = leakage_lib.check(
             self.corpus, self.tasks, method=lk.method,
             max_distance=lk.max_distance, max_pixel_diff=lk.max_pixel_diff,
@@ -247,7 +242,7 @@ class RetrievalMemory:
     vectors_fn = lambda r: self.embeddings.vectors(vectors, r)
     if not hosts.lead_exists(os.path.join(directory, index_lib.MANIFEST),
                              'retrieval_index_done'):
-      if _is_lead():
+      if hosts.is_lead():
         # The queries the run will ask (question pool, class names,
         # keywords) join the held-out rows in ScaNN's recall calibration.
         asked = [self._queries[t][0 if vectors == 'text' else 1]
@@ -273,7 +268,7 @@ class RetrievalMemory:
             f'search (target {r["target"]:.2f}, {r["queries"]} calibration '
             'queries)')
     log.info(line)
-    if self.progress and _is_lead():  # the run log, beside the progress bars
+    if self.progress and hosts.is_lead():  # the run log, beside the progress bars
       print(line, file=sys.stderr, flush=True)
     if not r['reached']:
       log.warning('retrieval index %s: estimated recall@%d %.3f is below the '
