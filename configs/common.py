@@ -120,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=0.0,
       warmup_steps=100,      # then cosine decay to 0 within each task
       label_smoothing=0.2,
+      # Tasks whose CE is weighted by inverse class frequency (docs/methods.md,
+      # "Class balance"): '' none, 'all', or task names joined by '+'.
+      class_balance='',
       freeze_logit_scale=True,
       log_every=10,
   ))

@@ -7,13 +7,32 @@ import jax.numpy as jnp
 import optax
 
 
-def classification_loss(logits, labels, *, label_smoothing: float = 0.0):
+def classification_loss(logits, labels, *, label_smoothing: float = 0.0,
+                        class_weights=None):
   """Mean cross-entropy of float[B, C] logits against int[B] labels, with
-  labels smoothed towards uniform by `label_smoothing`."""
+  labels smoothed towards uniform by `label_smoothing`. With float[C]
+  `class_weights`, the weighted mean sum_i w[y_i] CE_i / sum_i w[y_i]
+  (PyTorch's `CrossEntropyLoss(weight=...)`; docs/methods.md, "Class
+  balance")."""
   targets = jax.nn.one_hot(labels, logits.shape[-1])
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets).mean()
+  per_example = optax.softmax_cross_entropy(logits, targets)
+  if class_weights is None:
+    return per_example.mean()
+  w = jnp.asarray(class_weights, per_example.dtype)[labels]
+  return jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def balanced_class_weights(labels, num_classes: int):
+  """float32[C] inverse class frequencies of int[N] `labels`, scaled to a
+  mean of 1 over the examples (sklearn's compute_class_weight('balanced'):
+  N / (C * count)); a class absent from `labels` gets weight 0."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  counts = np.bincount(np.asarray(labels), minlength=num_classes)
+  w = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)),
+               0.0)
+  return w.astype(np.float32)
 
 
 def clip_contrastive_loss(logits):

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from mgtil_jax import checkpoint as ckpt_lib
-from mgtil_jax import hosts, learned, methods, report, sharding
+from mgtil_jax import hosts, learned, losses, methods, report, sharding
 from mgtil_jax import validation, workdir as workdir_lib
 from mgtil_jax import steps as steps_lib
 from mgtil_jax.data import pipeline as pipeline_lib
@@ -64,6 +64,17 @@ class Experiment:
     templates = self.config.prompts.templates
     return self.tokenizer([t.format(c) for c in class_names
                            for t in templates])
+
+  def task_prompts(self, task) -> dict:
+    """What the step takes about `task`: its class prompts ('task') and,
+    when config.train.class_balance names it, its inverse-frequency class
+    weights ('class_weight', docs/methods.md "Class balance")."""
+    out = {'task': self.replicated(self.prompt_tokens(task.class_names))}
+    balance = str(self.config.train.get('class_balance', '') or '')
+    if balance == 'all' or task.name in balance.split('+'):
+      out['class_weight'] = self.replicated(losses.balanced_class_weights(
+          task.train_labels, len(task.class_names)))
+    return out
 
   def put_batch(self, batch: dict) -> dict:
     return sharding.put_global_batch(batch, self.mesh, self.rules)
@@ -143,6 +154,7 @@ def setup(config, workdir: str) -> Experiment:
   _sync('data')
   if not hosts.is_lead():
     task_list = tasks_lib.load_benchmark(config.data, cache)
+  _check_class_balance(config, task_list)
   tokenizer = build_tokenizer(
       config, workdir, [c for t in task_list for c in t.class_names] +
       list(config.prompts.templates))
@@ -155,6 +167,16 @@ def setup(config, workdir: str) -> Experiment:
   param_shardings = sharding.param_shardings(abstract, mesh, rules)
   return Experiment(config, workdir, mesh, rules, model, tokenizer, task_list,
                     method, param_shardings)
+
+
+def _check_class_balance(config, task_list):
+  balance = str(config.train.get('class_balance', '') or '')
+  names = [t.name for t in task_list]
+  unknown = [x for x in balance.split('+') if x not in names]
+  if balance not in ('', 'all') and unknown:
+    raise ValueError(f"config.train.class_balance: unknown task "
+                     f"{unknown[0]!r}; expected '', 'all' or task names "
+                     f"joined by '+' from {names}")
 
 
 def backbone_experiment(exp: Experiment) -> Experiment:
@@ -360,7 +382,10 @@ def pretrain(exp: Experiment, writer) -> dict:
       data=dict(size=cfg.data.image_size, seed=cfg.data.seed),
       # Word ids: a vocabulary with other class names shifts them, and the
       # cached text embeddings would then belong to other words.
-      vocab=exp.tokenizer.vocab_digest(), version=1))
+      vocab=exp.tokenizer.vocab_digest(), version=1,
+      # The corpus's contents, not only its regime's name: redefining a
+      # regime's corpus must not reuse a model pretrained on the old one.
+      corpus=synth.corpus_spec(cfg.data.get('regime', 'same_scanner'))))
   ckpt = ckpt_lib.Checkpointer(os.path.join(exp.cache_dir, f'pretrain_{key}'),
                                keep=1)
   tx = make_optimizer(lr=pcfg.lr, steps=pcfg.steps,
@@ -570,8 +595,7 @@ def train_phase(exp, state, meta, t, steps, step_fn, opt_init, ckpt, writer,
     state['opt'] = opt_init(state['params'])
     state = method.begin_task(exp, state, meta, t)
   method.open_task(exp, state, meta, t, start)  # (re)builds reference sets
-  prompts = {'task': exp.replicated(exp.prompt_tokens(task.class_names)),
-             **method.task_prompts(exp, meta, t)}
+  prompts = {**exp.task_prompts(task), **method.task_prompts(exp, meta, t)}
   stream = method.stream(exp, t, start, meta) or _TaskStream(
       TaskBatches(exp, task, t, start, meta.get('pipeline')))
   bar = report.progress(range(start, steps), initial=start, total=steps,
@@ -585,8 +609,8 @@ def train_phase(exp, state, meta, t, steps, step_fn, opt_init, ckpt, writer,
       batch, phase_prompts = next(stream)
       batch = dict(batch, **method.extra_batch(exp, meta, t, s))
       step_prompts = dict(prompts, **method.step_prompts(exp, t, s, steps))
-      if phase_prompts is not None:
-        step_prompts['task'] = phase_prompts
+      if phase_prompts is not None:  # e.g. joint: this step's task's
+        step_prompts.update(phase_prompts)
       state, m = step_fn(state, batch, step_prompts)
       state = method.after_step(exp, state, meta, t, s, steps)
       if (s + 1) % cfg.train.log_every == 0 or s + 1 == steps:

@@ -155,3 +155,32 @@ def test_l2_to_anchor_hand_case():
   assert float(_l2(
       {'w': jnp.array([1.0, 2.0]), 'b': jnp.array(3.0)},
       {'w': jnp.array([0.0, 4.0]), 'b': jnp.array(3.0)})) == pytest.approx(5.0)
+
+
+def test_weighted_classification_loss_matches_numpy():
+  # Reference: PyTorch's CrossEntropyLoss(weight=w) mean reduction,
+  # sum_b w[y_b] CE_b / sum_b w[y_b], computed here in NumPy.
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 3, (9, 3)).astype(np.float32)
+  labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2])
+  w = np.array([0.5, 1.5, 3.0], np.float32)
+  ce = -np_log_softmax(logits)[np.arange(9), labels]
+  want = float((w[labels] * ce).sum() / w[labels].sum())
+  got = losses.classification_loss(jnp.asarray(logits), jnp.asarray(labels),
+                                   class_weights=jnp.asarray(w))
+  assert float(got) == pytest.approx(want, rel=1e-5)
+  # Equal weights give the plain mean.
+  ones = losses.classification_loss(jnp.asarray(logits), jnp.asarray(labels),
+                                    class_weights=jnp.ones(3))
+  assert float(ones) == pytest.approx(float(ce.mean()), rel=1e-5)
+
+
+def test_balanced_class_weights_match_inverse_frequency():
+  # sklearn's compute_class_weight('balanced') = N / (C * count_c), written
+  # out by hand for counts 6 / 2 / 1 / 0 of N = 9 over C = 4.
+  labels = np.array([0] * 6 + [1] * 2 + [2])
+  w = losses.balanced_class_weights(labels, 4)
+  np.testing.assert_allclose(w, [9 / 24, 9 / 8, 9 / 4, 0.0], rtol=1e-6)
+  # Each class then carries the same total weight.
+  np.testing.assert_allclose(np.bincount(labels, weights=w[labels]),
+                             [2.25, 2.25, 2.25])

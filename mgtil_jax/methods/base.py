@@ -257,7 +257,8 @@ class Method:
                           **ctx.student_kwargs(prompts))
       terms = {'ce': losses.classification_loss(
           logits, batch['label'],
-          label_smoothing=ctx.config.train.label_smoothing)}
+          label_smoothing=ctx.config.train.label_smoothing,
+          class_weights=prompts.get('class_weight'))}
       for p in self.parts:
         terms.update(p.task_terms(ctx, logits, params, state, batch, prompts,
                                   teacher))

@@ -250,8 +250,7 @@ class JointStream:
 
   def __init__(self, exp, start: int):
     self._exp, self._step = exp, start
-    self._prompts = [exp.replicated(exp.prompt_tokens(x.class_names))
-                     for x in exp.tasks]
+    self._prompts = [exp.task_prompts(x) for x in exp.tasks]
 
   def __next__(self):
     from mgtil_jax import train  # pylint: disable=g-import-not-at-top
