@@ -8,11 +8,13 @@ Arguments (comma separated key=value):
            wiseft zscl primed primed_uni moe_adapters diki joint (default ft)
   order    domain | alphabetical | task+task+...  (default domain = order I)
   preset   tiny | vit_b16_pubmedbert     (default tiny)
-  steps    training steps per task      (default 120)
+  steps    training steps per task      (default 200)
   tasks    keep only the first N tasks of the order (default 0 = all 9)
-  regime   same_scanner | new_site | literature | shifted: how the
-           pretraining corpus relates to the tasks (mgtil_jax/data/synth.py
-           REGIMES, docs/datasets.md; default same_scanner)
+  regime   mgtil | many_sites | same_scanner | new_site | literature |
+           shifted: how the pretraining corpus relates to the tasks
+           (mgtil_jax/data/synth.py REGIMES, docs/datasets.md; default
+           mgtil: each task from its own site, a literature pooled from
+           many sites that covers the findings unevenly)
   corpus   image-caption corpus for the reference-batch methods (default:
            the synthetic literature); a file / folder of docs/retrieval.md
   pool     question pool file (default: the synthetic findings)
@@ -25,7 +27,7 @@ from mgtil_jax.data import synth
 
 def get_config(arg=None):
   a = common.parse_arg(arg, method='ft', order='domain', preset='tiny',
-                       steps=120, tasks=0, regime='same_scanner',
+                       steps=200, tasks=0, regime='mgtil',
                        corpus='', pool='', runlocal=False)
   c = common.base_config()
   c.method = a.method
@@ -40,8 +42,7 @@ def get_config(arg=None):
       test_per_class=60,
       seed=0,               # the benchmark's own seed, independent of c.seed
       # How the literature corpus relates to the tasks (mgtil_jax/data/
-      # synth.py REGIMES): same_scanner | new_site | literature | shifted
-      # (the last three opt-in: not yet in the MGTIL regime).
+      # synth.py REGIMES; benchmarks/RESULTS.md, "The MGTIL regime").
       regime=a.regime,
   )
   c.model.preset = a.preset

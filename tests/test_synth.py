@@ -461,3 +461,25 @@ def test_preprocess_matches_numpy():
   expected = (images / 255.0 - mean) / std
   np.testing.assert_allclose(np.asarray(tasks.preprocess(images)), expected,
                              rtol=1e-5, atol=1e-5)
+
+
+def test_corpus_sites_vary_the_figures_tone_and_keep_the_captions():
+  # corpus_sites draws each figure's scanner from its own stream: the
+  # captions and findings are those of the same regime without sites, and
+  # the figures of one finding spread in mean brightness far more than the
+  # neutral scanner's (whose only variation is the finding's own drawing).
+  plain = synth.make_corpus(per_class=24, size=SIZE, seed=0,
+                            tasks=['path_grade'])
+  sites = synth.make_corpus(per_class=24, size=SIZE, seed=0,
+                            tasks=['path_grade'],
+                            regime=synth.Regime(corpus_sites=1.0))
+  assert sites.captions == plain.captions
+  assert sites.findings == plain.findings
+
+  def brightness_spread(corpus):
+    keep = [i for i, f in enumerate(corpus.findings) if f == 'adenoma']
+    return corpus.images[keep].reshape(len(keep), -1).mean(1).std()
+
+  assert brightness_spread(sites) > 2 * brightness_spread(plain)
+  # A regime with sites has its own corpus (and so its own pretrained model).
+  assert synth.corpus_regime('many_sites') == 'many_sites'
