@@ -1,4 +1,4 @@
-r"""HieraMedTransfer (MGTIL): 9 datasets in 3 domains (DESIGN.md section 2).
+r"""HieraMedTransfer (MGTIL): 9 datasets in 3 domains (docs/datasets.md).
 
   python launch.py --config configs/hieramed.py:root=/data/mgtil,order=I \
       --workdir runs/hieramed_I

@@ -1,4 +1,4 @@
-r"""MedXtreme (MGTIL): 6 hard datasets (DESIGN.md section 2).
+r"""MedXtreme (MGTIL): 6 hard datasets (docs/datasets.md).
 
   python launch.py --config configs/medxtreme.py:root=/data/mgtil,order=I \
       --workdir runs/medxtreme_I

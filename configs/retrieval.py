@@ -1,12 +1,11 @@
-"""Knobs of the retrieval memory (DESIGN.md section 1): corpus, embeddings,
+"""Knobs of the retrieval memory (docs/retrieval.md): corpus, embeddings,
 index, multi-stage retrieval, Dynamic Siphon, reference batches.
 
 `base_config()` adds `c.retrieval = retrieval.defaults()`; an experiment
 config overrides single fields, e.g. `c.retrieval.mode = 'uni'`.
 
 The paper gives b:c (30:80 on one benchmark, 70:100 on the other) but not a,
-k, k_v or n; the values below are our choice (DESIGN.md asks to pick,
-document and expose them).
+k, k_v or n; the values below are our choice (documented and exposed here).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ def defaults() -> ml_collections.ConfigDict:
   # modality phrase); else a JSON or CSV file with domain / site / finding
   # (optional modality, query) per row.
   c.pool = ''
-  c.query_template = 'A {modality} photo of {finding}.'  # DESIGN.md's form
+  c.query_template = 'A {modality} photo of {finding}.'  # the paper's form
   # 'model': domain of each M0 query by zero-shot text classification with
   # the current model (the paper); 'pool': trust the pool's domain column.
   c.domain_source = 'model'

@@ -1,4 +1,4 @@
-"""Continual-learning metrics (DESIGN.md §2) and per-task classification
+"""Continual-learning metrics (docs/metrics.md) and per-task classification
 metrics.
 
 The accuracy matrix `A` is float[T, T]: row t is evaluated after training task

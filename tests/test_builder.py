@@ -226,7 +226,7 @@ def test_mgtil_configs_fail_fast_naming_every_missing_folder(
   import importlib  # pylint: disable=g-import-not-at-top
   from mgtil_jax import train  # pylint: disable=g-import-not-at-top
   cfg_module = importlib.import_module(f'configs.{module}')
-  # DESIGN.md section 2: order I of each benchmark.
+  # docs/datasets.md: order I of each benchmark.
   assert cfg_module.ORDERS['I'] == names
   assert sorted(cfg_module.ORDERS['II']) == sorted(names)
   try:  # the readers' own orders, where that module is present

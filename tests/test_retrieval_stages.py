@@ -1,5 +1,5 @@
 """The three retrieval stages on hand-made cases (expected outputs worked out
-by hand from DESIGN.md section 1), and BM25 against the textbook formula."""
+by hand from docs/retrieval.md), and BM25 against the textbook formula."""
 
 import math
 

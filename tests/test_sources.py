@@ -17,7 +17,7 @@ import source_fixtures
 
 NAMES = sorted(source_fixtures.MAKERS)
 
-# Class counts: DESIGN.md §2 (the paper), except isic2024, whose public
+# Class counts: the paper's (docs/datasets.md), except isic2024, whose public
 # release gives 25 iddx_3 diagnoses where the paper reports 33 classes
 # (documented in mgtil_jax/data/sources/isic2024.py).
 EXPECTED_CLASSES = {
@@ -50,7 +50,7 @@ def test_registry_is_complete():
 
 def test_benchmark_orders_match_the_paper():
   hiera, medx = sources.HIERAMED_ORDERS, sources.MEDXTREME_ORDERS
-  # DESIGN.md §2, written out again here.
+  # The paper's table (docs/datasets.md), written out again here.
   assert hiera['I'] == ('ranzcr', 'chexchonet', 'pd', 'breakhis', 'chaoyang',
                         'gashissdb', 'eyepacs', 'airogs', 'farfum_rop')
   assert hiera['II'] == ('airogs', 'breakhis', 'chaoyang', 'chexchonet',

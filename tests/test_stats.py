@@ -28,7 +28,7 @@ def test_describe_one_value_and_missing_values():
 
 def test_per_task_terms_average_to_continual_metrics():
   # Reference: metrics.continual_metrics, an independent loop over the
-  # definitions (DESIGN: Transfer / Avg / Last / BWT).
+  # definitions (docs/metrics.md: Transfer / Avg / Last / BWT).
   acc = np.random.default_rng(0).uniform(0, 1, (4, 4))
   terms = stats.per_task(acc)
   ref = metrics.continual_metrics(acc)

@@ -17,11 +17,12 @@ defaults 22 experts, top-2. Activate-freeze: after a task the `freeze_top`
 tasks.
 Simplified / changed:
 - DDAS (autoencoders that send out-of-distribution inputs to the frozen CLIP)
-  is not trained: in MGTIL the task id is known at test time (DESIGN.md sec.
-  1), so the decision DDAS makes is read off the id -- a task already trained
-  uses its router and the experts; a task not yet trained gets the frozen
-  backbone, i.e. zero-shot CLIP, which is what DDAS decides for
-  out-of-distribution inputs (flag `adapter_state/task_trained`).
+  is not trained: in MGTIL the task id is known at test time (docs/metrics.md,
+  "How an entry is measured"), so the decision DDAS makes is read off the
+  id -- a task already trained uses its router and the experts; a task not
+  yet trained gets the frozen backbone, i.e. zero-shot CLIP, which is what
+  DDAS decides for out-of-distribution inputs (flag
+  `adapter_state/task_trained`).
 - Expert usage for activate-freeze is counted by a noise-free pass over the
   task's training images at the end of the task (`expert_counts`), not
   accumulated during the noisy training steps.

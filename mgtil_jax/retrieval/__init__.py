@@ -1,4 +1,5 @@
-"""The retrieval memory ("dynamic memory", DESIGN.md section 1).
+"""The retrieval memory ("dynamic memory", docs/retrieval.md, "How the
+memory retrieves").
 
   corpus.py   entry schema, readers (JSONL/CSV + folder, Parquet, webdataset,
               synthetic, MedPix-2.0, ROCO), array_record store

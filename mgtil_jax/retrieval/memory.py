@@ -3,8 +3,8 @@ query vectors, built once and answering queries with the multi-stage
 retrieval.
 
 Everything is built at the first `ensure(params, task_index=0, ...)` from
-the initial model (DESIGN.md: image embeddings from the initial model) and
-saved under `root`; later calls (other tasks, a resumed process) load it.
+the initial model (docs/retrieval.md, "Built once, from the initial model")
+and saved under `root`; later calls (other tasks, a resumed process) load it.
 Query vectors of every query the run can ask (M0, every task's class names,
 the uni keywords) are computed at that point too, because the initial params
 are not kept (the trainer donates its buffers); retrieval of a new task's

@@ -1,5 +1,6 @@
-"""The multi-stage retrieval of DESIGN.md section 1, one small pure function
-per stage, on host NumPy arrays of candidate corpus rows.
+"""The multi-stage retrieval (docs/retrieval.md, "Multi-stage retrieval"),
+one small pure function per stage, on host NumPy arrays of candidate corpus
+rows.
 
 1. `dense_cutoff`: k' = min(k, number of distinct scores); keep every
    candidate scoring at or above the k'-th largest distinct score (ties

@@ -1,4 +1,4 @@
-"""The two MGTIL benchmarks as plain data (DESIGN.md §2): task orders over
+"""The two MGTIL benchmarks as plain data (docs/datasets.md): task orders over
 registry names, and the sizes the paper reports for each dataset.
 
 Where our readers cannot match the paper's numbers from the public releases
