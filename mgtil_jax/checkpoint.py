@@ -14,7 +14,10 @@ What a killed or broken run can leave behind is handled here:
   last good checkpoint stays;
 * `finish_all()` lets saves still in flight finish (and closes the
   managers) before an error propagates, so the checkpoint is kept and
-  orbax's shutdown noise never buries the error.
+  orbax's shutdown noise never buries the error;
+* a save no longer fails with "'LazyModule' object is not callable" when
+  another thread imports tensorflow_datasets at the same time
+  (`_guard_byte_logging`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,35 @@ _REQUIRED = ('_CHECKPOINT_METADATA', os.path.join('meta', 'metadata'),
              os.path.join('state', '_METADATA'))
 
 _open: 'weakref.WeakSet[Checkpointer]' = weakref.WeakSet()
+
+
+def _naturalsize(value, binary=False, **_):
+  """Bytes as text, importing nothing at call time."""
+  del binary
+  return f'{int(value)} B'
+
+
+def _guard_byte_logging():
+  """Orbax's save threads format byte counts for a debug log line with
+  `humanize.naturalsize`, which runs `from math import log` on every call.
+  etils' `epy.lazy_imports()` (used by tensorflow_datasets while its modules
+  import) swaps `builtins.__import__` for the whole process, so a save
+  overlapping such an import, e.g. the retrieval corpus reader importing
+  tfds while the step-0 checkpoint is written, got a LazyModule for `log`
+  and the save failed: "TypeError: 'LazyModule' object is not callable"
+  (tests/test_checkpoint_recovery.py reproduces it). The log line only
+  needs the number, so orbax's limiter gets a formatter that imports
+  nothing; if orbax moves the module, nothing is changed."""
+  try:
+    from orbax.checkpoint._src.serialization import limits  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  if hasattr(limits, 'humanize'):
+    limits.humanize = type('humanize', (), {
+        'naturalsize': staticmethod(_naturalsize)})
+
+
+_guard_byte_logging()
 
 
 class DivergedError(UserError):

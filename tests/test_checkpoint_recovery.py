@@ -128,3 +128,45 @@ def test_corrupt_data_cache_is_rebuilt(tmp_path, damage, caplog):
   again = tasks._cached(path, 'k', build)  # pylint: disable=protected-access
   assert again['x'].tolist() == [0, 1, 2]
   assert len(calls) == 2  # the rebuilt cache is read back
+
+
+def _format_in_a_thread_during_lazy_import(limits):
+  """Formats a byte count the way orbax's save threads do, while the main
+  thread is inside etils' `epy.lazy_imports()` (as tensorflow_datasets is
+  while its modules import): returns the text or the error."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from etils import epy  # pylint: disable=g-import-not-at-top
+  out = []
+
+  def fmt():
+    try:
+      out.append(limits.humanize.naturalsize(123456789, binary=True))
+    except Exception as e:  # pylint: disable=broad-except
+      out.append(e)
+
+  with epy.lazy_imports():
+    t = threading.Thread(target=fmt)
+    t.start()
+    t.join()
+  return out[0]
+
+
+def test_save_threads_survive_a_lazy_import_elsewhere(tmp_path, monkeypatch):
+  # The crash seen in a PRIMED run: the step-0 save's thread formatted a byte
+  # count while the retrieval reader imported tensorflow_datasets. With the
+  # real humanize the race raises; with checkpoint's guard it cannot.
+  import humanize  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint._src.serialization import limits  # pylint: disable=g-import-not-at-top
+  with monkeypatch.context() as m:
+    m.setattr(limits, 'humanize', humanize)
+    err = _format_in_a_thread_during_lazy_import(limits)
+    if not isinstance(err, str):  # humanize 4.x imports math at call time
+      assert isinstance(err, TypeError) and 'LazyModule' in str(err)
+  assert _format_in_a_thread_during_lazy_import(limits) == '123456789 B'
+  # A whole save and restore still work with the guard in place.
+  _saved(tmp_path / 'ck', steps=(5,))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ck'))
+  state, meta = ckpt.restore(5, _abstract())
+  ckpt.close()
+  assert meta['step'] == 5
+  np.testing.assert_array_equal(state['params']['w'], np.full((4, 3), 5.0))
