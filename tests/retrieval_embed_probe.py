@@ -29,7 +29,9 @@ def probe_inputs():
 
 
 def main(out, workdir):
-  cfg = mgtil_synth.get_config('runlocal,tasks=1')
+  # The regime of tests/test_retrieval_memory.py's config: the vocabulary
+  # (and so the text embeddings) depends on it.
+  cfg = mgtil_synth.get_config('runlocal,tasks=1,regime=same_scanner')
   cfg.retrieval = retrieval_cfg.defaults()
   exp = train.setup(cfg, workdir)
   params = train.init_params(exp, 0)

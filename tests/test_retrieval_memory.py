@@ -33,7 +33,11 @@ import retrieval_embed_probe  # pylint: disable=g-import-not-at-top,wrong-import
 
 
 def _config(**retrieval):
-  cfg = mgtil_synth.get_config('runlocal')
+  # same_scanner's corpus: these tests check retrieval mechanics, and the
+  # default regime's repeated uninformative captions (identical vectors)
+  # make the id-based recall estimate read lower than the tie-aware NumPy
+  # check below (0.92 vs 0.96; benchmarks/RESULTS.md, "The MGTIL regime").
+  cfg = mgtil_synth.get_config('runlocal,regime=same_scanner')
   cfg.retrieval = retrieval_cfg.defaults()
   cfg.retrieval.k = 24
   cfg.retrieval.embed_batch_size = 16  # one compiled shape for every test

@@ -574,6 +574,13 @@ REGIMES = {
     # clean captions), the task images through their own scanner's tone
     # (gamma, colour cast, offset; same optics), a share of them subtle.
     'new_site': Regime(shift=1.0, optics=0.0, subtle_fraction=0.1),
+    # The literature names findings unevenly: partial coverage, noisy
+    # captions, and in each task one finding called only by its literature
+    # term (`SYNONYMS`) and one half the time; task images as the corpus's,
+    # a share of them subtle.
+    'literature': Regime(subtle_fraction=0.1, coverage=(1.0, 0.6, 0.3),
+                         uninformative=0.1, mislabelled=0.05,
+                         distractors=0.25, renamed=(1.0, 0.5, 0.0)),
     # new_site's tasks, a corpus whose figures come from many sites.
     'many_sites': Regime(shift=1.0, optics=0.0, subtle_fraction=0.1,
                          corpus_sites=1.0),
