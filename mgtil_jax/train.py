@@ -70,8 +70,8 @@ class Experiment:
     when config.train.class_balance names it, its inverse-frequency class
     weights ('class_weight', docs/methods.md "Class balance")."""
     out = {'task': self.replicated(self.prompt_tokens(task.class_names))}
-    balance = str(self.config.train.get('class_balance', '') or '')
-    if balance == 'all' or task.name in balance.split('+'):
+    balanced = class_balanced_tasks(self.config)
+    if balanced is None or task.name in balanced:
       out['class_weight'] = self.replicated(losses.balanced_class_weights(
           task.train_labels, len(task.class_names)))
     return out
@@ -169,11 +169,19 @@ def setup(config, workdir: str) -> Experiment:
                     method, param_shardings)
 
 
-def _check_class_balance(config, task_list):
+def class_balanced_tasks(config) -> set[str] | None:
+  """The task names config.train.class_balance weights ('' = none, 'all' =
+  None, else names joined by '+')."""
   balance = str(config.train.get('class_balance', '') or '')
+  if balance == 'all':
+    return None
+  return set(balance.split('+')) - {''}
+
+
+def _check_class_balance(config, task_list):
   names = [t.name for t in task_list]
-  unknown = [x for x in balance.split('+') if x not in names]
-  if balance not in ('', 'all') and unknown:
+  unknown = sorted((class_balanced_tasks(config) or set()) - set(names))
+  if unknown:
     raise ValueError(f"config.train.class_balance: unknown task "
                      f"{unknown[0]!r}; expected '', 'all' or task names "
                      f"joined by '+' from {names}")
@@ -595,7 +603,9 @@ def train_phase(exp, state, meta, t, steps, step_fn, opt_init, ckpt, writer,
     state['opt'] = opt_init(state['params'])
     state = method.begin_task(exp, state, meta, t)
   method.open_task(exp, state, meta, t, start)  # (re)builds reference sets
-  prompts = {**exp.task_prompts(task), **method.task_prompts(exp, meta, t)}
+  own = exp.task_prompts(task)
+  method_prompts = method.task_prompts(exp, meta, t)
+  prompts = {**own, **method_prompts}  # the phase task's, for end_task
   stream = method.stream(exp, t, start, meta) or _TaskStream(
       TaskBatches(exp, task, t, start, meta.get('pipeline')))
   bar = report.progress(range(start, steps), initial=start, total=steps,
@@ -608,9 +618,11 @@ def train_phase(exp, state, meta, t, steps, step_fn, opt_init, ckpt, writer,
     for s in bar:
       batch, phase_prompts = next(stream)
       batch = dict(batch, **method.extra_batch(exp, meta, t, s))
-      step_prompts = dict(prompts, **method.step_prompts(exp, t, s, steps))
-      if phase_prompts is not None:  # e.g. joint: this step's task's
-        step_prompts.update(phase_prompts)
+      # A stream's own prompts (joint: this step's task) replace the
+      # phase task's whole set, class weights included.
+      step_prompts = {**(own if phase_prompts is None else phase_prompts),
+                      **method_prompts,
+                      **method.step_prompts(exp, t, s, steps)}
       state, m = step_fn(state, batch, step_prompts)
       state = method.after_step(exp, state, meta, t, s, steps)
       if (s + 1) % cfg.train.log_every == 0 or s + 1 == steps:

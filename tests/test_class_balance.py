@@ -63,3 +63,18 @@ def test_unknown_task_is_one_clear_line():
   for ok in ('', 'all', 'retina', 'pneumonia+retina'):
     cfg.train.class_balance = ok
     train._check_class_balance(cfg, [PNEUMONIA, RETINA])  # pylint: disable=protected-access
+
+
+def test_joint_stream_carries_each_tasks_own_weights():
+  # Joint steps through every task; each step's prompts must be that task's
+  # own set (train_phase uses them instead of the phase task's), so a task
+  # that class_balance does not name gets no weights from another task.
+  from mgtil_jax.methods import parts  # pylint: disable=g-import-not-at-top
+  inner = _experiment('pneumonia')
+  exp = types.SimpleNamespace(
+      tasks=[PNEUMONIA, RETINA],
+      task_prompts=lambda t: train.Experiment.task_prompts(inner, t))
+  stream = parts.JointStream(exp, 0)
+  got = stream._prompts  # pylint: disable=protected-access
+  np.testing.assert_allclose(got[0]['class_weight'], [5.0, 100 / 180])
+  assert 'class_weight' not in got[1]

@@ -552,7 +552,7 @@ class Regime:
   renamed: tuple[float, ...] = ()
   distractors: float = 0.15   # share of chart / table figures
   # How far the corpus's figures stray from the neutral scanner: each figure
-  # through its own random scanner (`random_acquisition`) of this strength
+  # through its own random scanner (`_scanner`) of this strength
   # (0 = every figure from the neutral one). The literature pools figures
   # from countless sites; a model pretrained on one scanner's figures has
   # features that collapse under a new site's tone (docs/datasets.md).
