@@ -3,7 +3,11 @@ model (ft's step) and prints, at a few points, what decides whether it
 learns: test accuracy, the share of the most predicted class, the mean and
 largest cosine between the task's class-prompt embeddings, the mean cosine
 between image embeddings, and the Fisher ratio of the image embeddings
-(between-class over within-class scatter).
+(between-class over within-class scatter). At the end it prints the
+confusion matrix, every pair's class-prompt cosine and the image tower's own
+accuracy (nearest class centroid of the training embeddings): a task whose
+centroid accuracy is no better than its prompt accuracy is held back by its
+image features, not by its class prompts.
 
   python benchmarks/learning_probe.py --config=configs/mgtil_synth.py:regime=mgtil \
       --task=0 --steps=200 --cache_dir=/tmp/probe_cache
@@ -72,6 +76,41 @@ def embedding_stats(class_emb, image_emb, labels) -> dict:
   return dict(class_cos_mean=float(off.mean()), class_cos_max=float(off.max()),
               image_cos_mean=float((image_emb @ image_emb.T).mean()),
               fisher=float(between / max(within, 1e-12)))
+
+
+def nearest_centroid(train_emb, train_labels, test_emb, num_classes):
+  """Accuracy of the image tower alone: each test embedding to the nearest
+  class mean of the training embeddings (cosine), no text involved."""
+  means = np.stack([train_emb[train_labels == k].mean(0)
+                    for k in range(num_classes)])
+  means /= np.linalg.norm(means, axis=1, keepdims=True)
+  return np.argmax(test_emb @ means.T, 1)
+
+
+def diagnose(params, embed, evaluate, task, index, num_classes) -> dict:
+  """Where the errors come from at the end: the confusion matrix, every
+  pair's class-prompt cosine, and the image tower's own accuracy (nearest
+  class centroid): a task whose centroid accuracy is far above its prompt
+  accuracy is held back by its class prompts, not by its image features."""
+  _, _, preds = evaluate(params, task, index)
+  labels = np.asarray(task.test_labels)[:len(preds)]
+  confusion = np.zeros((num_classes, num_classes), int)
+  np.add.at(confusion, (labels, np.asarray(preds)), 1)
+  cls, test_emb = jax.device_get(embed(params, task.test_images[:512]))
+  _, train_emb = jax.device_get(embed(params, task.train_images[:1024]))
+  centroid = nearest_centroid(np.asarray(train_emb),
+                              np.asarray(task.train_labels[:1024]),
+                              np.asarray(test_emb), num_classes)
+  centroid_acc = float(np.mean(centroid == task.test_labels[:512]))
+  cos = np.asarray(cls) @ np.asarray(cls).T
+  print(f'confusion (rows true, columns predicted; {task.class_names}):')
+  print(confusion)
+  print('class-prompt cosines:')
+  print(np.round(cos, 4))
+  print(f'nearest-centroid accuracy of the image embeddings: '
+        f'{100 * centroid_acc:.1f}%')
+  return dict(confusion=confusion.tolist(), class_cos=cos.tolist(),
+              centroid_accuracy=centroid_acc)
 
 
 def main():
@@ -151,9 +190,11 @@ def main():
     state, m = step(state, next(batches), prompts)
     if (s + 1) % every == 0 or s + 1 == args.steps:
       record(s + 1, jax.device_get(m))
+  final = diagnose(state['params'], embed, evaluate, task, args.task,
+                   len(task.class_names))
   out = dict(config=args.config, task=task.name, steps=args.steps,
              sets=args.set, logit_scale=args.logit_scale,
-             majority_rate=float(majority), rows=rows,
+             majority_rate=float(majority), rows=rows, final=final,
              seconds=time.time() - t0)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, 'w') as f:
