@@ -336,6 +336,9 @@ def test_methods_run_end_to_end_and_are_tabulated(tmp_path):
   # also predict differently (under the default regime both sit at chance).
   config = mgtil_synth.get_config('runlocal,tasks=2,steps=2,'
                                   'regime=same_scanner')
+  # The default lr (2e-4) takes 2 runlocal steps to chance on both tasks,
+  # where ft and wiseft would predict alike; 1e-4 keeps them apart.
+  config.train.lr = 1e-4
   config.method_kwargs.we_every = 1
   config.method_kwargs.exemplars_per_class = 2
   config.method_kwargs.ewc_batches = 1
