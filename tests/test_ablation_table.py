@@ -1,21 +1,16 @@
 """benchmarks/ablation.py: the over-seeds table of an ablation, checked
 against NumPy on hand-made results.json files (two variants, three seeds)."""
 
-import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _module():
-  spec = importlib.util.spec_from_file_location(
-      'ablation', os.path.join(ROOT, 'benchmarks', 'ablation.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), 'benchmarks')
+sys.path.insert(0, BENCH)
+import ablation  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _write(path, seed, acc):
@@ -42,7 +37,7 @@ def test_means_and_paired_difference_match_numpy(tmp_path, capsys):
       _write(tmp_path / f'seed_{seed}' / name, seed, acc)
       last[name].append(100 * acc[-1])
   out = tmp_path / 'table.json'
-  _module().main([f'ref={tmp_path}/seed_*/ref',
+  ablation.main([f'ref={tmp_path}/seed_*/ref',
                   f'other={tmp_path}/seed_*/other', f'--out={out}'])
   capsys.readouterr()
   with open(out) as f:
