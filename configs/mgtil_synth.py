@@ -49,6 +49,10 @@ def get_config(arg=None):
   if a.preset == 'tiny':
     c.model.init = 'pretrain'  # contrastive pretraining on the synthetic corpus
   c.pretrain = dict(
+      # The pretrained start's seed, fixed: every run seed (config.seed,
+      # --seeds) continues from one model, as the paper keeps one BiomedCLIP
+      # for every run. --sweep=pretrain.seed=42,43,44 varies the start.
+      seed=42,
       corpus_per_class=120,  # image-caption pairs per finding in the corpus
       steps=600,
       batch_size=128,

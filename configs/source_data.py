@@ -59,7 +59,8 @@ def apply_training(c, *, preset: str, steps: int, runlocal: bool):
     # No pretrained weights exist for the tiny model: contrastive pretraining
     # on the synthetic corpus gives it a text-image alignment to start from.
     c.model.init = 'pretrain'
-    c.pretrain = dict(corpus_per_class=120, steps=600, batch_size=128,
+    c.pretrain = dict(seed=42,  # one start for every run seed (mgtil_synth)
+                      corpus_per_class=120, steps=600, batch_size=128,
                       lr=1e-3, warmup_steps=50, weight_decay=0.05)
     c.train.lr = 1e-4  # far from a converged CLIP: 1e-5 would barely move it
     c.train.batch_size = 32

@@ -310,18 +310,24 @@ def _format_diffs(table: dict) -> str:
             if ref in r.get('diff', {}) and r['diff'][ref]]
     if not rows:
       continue
-    lines += [f'Paired difference vs {ref} (points; mean [95% bootstrap CI '
-              'over seeds x tasks])', '',
-              '| method | Transfer | Avg | Last | BWT |', '|---|---|---|---|---|']
+    lines += [f'Paired difference vs {ref} (points; mean [95% bootstrap CI, '
+              'seeds and tasks resampled: docs/metrics.md]; no interval '
+              f'from fewer than {stats.MIN_SEEDS} seeds)', '',
+              '| method | Transfer | Avg | Last | BWT | seeds x tasks |',
+              '|---|---|---|---|---|---|']
     for name, d in rows:
       cells = []
       for k in ('transfer', 'avg', 'last', 'bwt'):
         x = d.get(k)
         if not x or x['mean'] is None:
           cells.append('-')
+        elif x['ci'] is None:
+          cells.append(f"{100 * x['mean']:+.1f}")
         else:
           cells.append(f"{100 * x['mean']:+.1f} "
                        f"[{100 * x['ci'][0]:+.1f}, {100 * x['ci'][1]:+.1f}]")
+      last = d.get('last') or {}
+      cells.append(f"{last.get('n_seeds', '-')} x {last.get('n_tasks', '-')}")
       lines.append(f"| {name} | {' | '.join(cells)} |")
     lines.append('')
   return '\n'.join(lines).rstrip()

@@ -19,9 +19,15 @@ import numpy as np
 from scipy import stats as sp_stats
 
 
-def describe(values, confidence: float = 0.95) -> dict:
+# The fewest seeds an interval is printed from (docs/metrics.md).
+MIN_SEEDS = 3
+
+
+def describe(values, confidence: float = 0.95,
+             min_seeds: int = MIN_SEEDS) -> dict:
   """Mean, sample std (ddof 1) and the t-interval of the mean of `values`
-  (NaN/None dropped). With one value std and the interval are None."""
+  (NaN/None dropped). With one value std is None; with fewer than
+  `min_seeds` values the interval is None."""
   x = np.asarray([v for v in values
                   if v is not None and not math.isnan(v)], np.float64)
   if x.size == 0:
@@ -30,6 +36,8 @@ def describe(values, confidence: float = 0.95) -> dict:
   if x.size < 2:
     return {'mean': mean, 'std': None, 'ci': None, 'n': 1}
   std = float(x.std(ddof=1))
+  if x.size < min_seeds:
+    return {'mean': mean, 'std': std, 'ci': None, 'n': int(x.size)}
   half = float(sp_stats.t.ppf(0.5 + confidence / 2, x.size - 1) * std /
                math.sqrt(x.size))
   return {'mean': mean, 'std': std, 'ci': [mean - half, mean + half],
@@ -57,10 +65,13 @@ def per_task(acc_matrix) -> dict:
 
 
 def paired_bootstrap(a, b, num_samples: int = 2000, confidence: float = 0.95,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, min_seeds: int = MIN_SEEDS) -> dict:
   """Mean of a - b and its bootstrap interval; a, b: float[seeds, tasks]
   of one per-task metric (NaN = no term, skipped). Seeds and tasks are
-  resampled with replacement, independently; deterministic in `seed`."""
+  resampled with replacement, independently; deterministic in `seed`.
+  With fewer than `min_seeds` seeds the interval is None: resampling two
+  seeds' tasks measures the tasks, not the method (docs/metrics.md,
+  "Seeds and intervals")."""
   a = np.asarray(a, np.float64)
   b = np.asarray(b, np.float64)
   if a.shape != b.shape or a.ndim != 2:
@@ -73,6 +84,8 @@ def paired_bootstrap(a, b, num_samples: int = 2000, confidence: float = 0.95,
     return {'mean': None, 'ci': None, 'n_seeds': int(a.shape[0]),
             'n_tasks': int(d.shape[1])}
   s, t = d.shape
+  if s < min_seeds:
+    return {'mean': float(d.mean()), 'ci': None, 'n_seeds': s, 'n_tasks': t}
   rng = np.random.default_rng(seed)
   rows = rng.integers(0, s, (num_samples, s))
   cols = rng.integers(0, t, (num_samples, t))

@@ -199,6 +199,17 @@ def backbone_experiment(exp: Experiment) -> Experiment:
       param_shardings=sharding.param_shardings(abstract, exp.mesh, exp.rules))
 
 
+def start_seed(config) -> int:
+  """The seed of the pretrained start: `config.pretrain.seed` (fixed by
+  default, so every run seed starts from one model, as the paper keeps one
+  BiomedCLIP), else `config.seed` where a config has no pretraining. The run
+  seed `config.seed` varies the continual run alone: batch order, reference
+  draws, the init of new parts (docs/metrics.md, "Seeds")."""
+  pretrain = config.get('pretrain') or {}
+  seed = pretrain.get('seed')
+  return config.seed if seed is None else int(seed)
+
+
 def init_params(exp: Experiment, seed: int):
   """Random params, created directly with their shardings."""
   with exp.context():
@@ -386,7 +397,7 @@ def pretrain(exp: Experiment, writer) -> dict:
   cfg = exp.config
   pcfg = cfg.pretrain
   key = tasks_lib._config_key(dict(   # pylint: disable=protected-access
-      pretrain=pcfg.to_dict(), model=cfg.model.preset, seed=cfg.seed,
+      pretrain=pcfg.to_dict(), model=cfg.model.preset, seed=start_seed(cfg),
       data=dict(size=cfg.data.image_size, seed=cfg.data.seed),
       # Word ids: a vocabulary with other class names shifts them, and the
       # cached text embeddings would then belong to other words.
@@ -410,7 +421,7 @@ def pretrain(exp: Experiment, writer) -> dict:
       ckpt.close()
       return state['params']
   else:
-    params = init_params(exp, cfg.seed)
+    params = init_params(exp, start_seed(cfg))
     with exp.context():
       opt = jax.jit(tx.init, out_shardings=shardings_['opt'])(params)
     state, latest = {'params': params, 'opt': opt}, 0
@@ -425,7 +436,7 @@ def pretrain(exp: Experiment, writer) -> dict:
   with exp.context():
     for step in bar:
       idx = tasks_lib.batch_indices(len(captions), pcfg.batch_size, step,
-                                    cfg.seed, stream=10_000)
+                                    start_seed(cfg), stream=10_000)
       state, m = step_fn(state, exp.put_batch(
           {'image': images[idx], 'tokens': tokens[idx]}))
       if (step + 1) % cfg.train.log_every == 0:
@@ -445,14 +456,14 @@ def initial_params(exp: Experiment, writer):
     return params
   init = exp.config.model.init
   if init == 'random':
-    return init_params(exp, exp.config.seed)
+    return init_params(exp, start_seed(exp.config))
   if init == 'pretrain':
     return pretrain(exp, writer)
   # A BiomedCLIP checkpoint directory / file (see models/checkpoint_init.py).
   from mgtil_jax.models import checkpoint_init  # pylint: disable=g-import-not-at-top
   return checkpoint_init.load_params(
       exp.config, exp.param_shardings,
-      lambda: init_params(exp, exp.config.seed))
+      lambda: init_params(exp, start_seed(exp.config)))
 
 
 # ----------------------------------------------------------- task streams --

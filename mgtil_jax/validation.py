@@ -106,6 +106,7 @@ FIELDS = {
     'eval.batch_size': positive_int,
     'checkpoint.every_steps': positive_int,
     'checkpoint.keep': positive_int,
+    'pretrain.seed': non_negative_int,
     'pretrain.steps': positive_int,
     'pretrain.batch_size': positive_int,
     'pretrain.lr': positive_float,

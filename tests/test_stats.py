@@ -26,6 +26,19 @@ def test_describe_one_value_and_missing_values():
   assert stats.describe([0.5, None, 0.7])['n'] == 2
 
 
+def test_no_interval_from_fewer_than_three_seeds():
+  # Issue 23: a one- or two-seed interval over tasks is not a CI of the
+  # method; the mean and the counts stay.
+  two = stats.describe([0.5, 0.7])
+  assert two['ci'] is None and two['std'] == pytest.approx(np.std([.5, .7],
+                                                                 ddof=1))
+  a = np.array([[0.6, 0.7, 0.8], [0.5, 0.9, 0.4]])
+  out = stats.paired_bootstrap(a, a - 0.1)
+  assert out['ci'] is None and out['mean'] == pytest.approx(0.1)
+  assert (out['n_seeds'], out['n_tasks']) == (2, 3)
+  assert stats.paired_bootstrap(np.vstack([a, a]), a.repeat(2, 0) - .1)['ci']
+
+
 def test_per_task_terms_average_to_continual_metrics():
   # Reference: metrics.continual_metrics, an independent loop over the
   # definitions (docs/metrics.md: Transfer / Avg / Last / BWT).
@@ -66,7 +79,8 @@ def test_paired_bootstrap_interval_matches_exhaustive_resampling():
            for c in itertools.product(range(2), repeat=2)]
   # The interval spans the exhaustive distribution's 2.5..97.5% quantiles,
   # which here are its extremes.
-  out = stats.paired_bootstrap(d, np.zeros_like(d), num_samples=20000)
+  out = stats.paired_bootstrap(d, np.zeros_like(d), num_samples=20000,
+                               min_seeds=2)
   assert out['ci'][0] == pytest.approx(min(exact))
   assert out['ci'][1] == pytest.approx(max(exact))
   assert out['mean'] == pytest.approx(np.mean(exact))
