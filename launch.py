@@ -67,19 +67,21 @@ def main(config):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  from mgtil_jax import logs  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.core import logs  # pylint: disable=g-import-not-at-top
   logs.setup(verbose=_VERBOSE.value)
   # pylint: disable=g-import-not-at-top
-  from mgtil_jax import compare, train, validation
+  from mgtil_jax.entry import compare
+  from mgtil_jax import training as train
+  from mgtil_jax.entry import validation
   # The whole config, before any data, model or device work.
   validation.validate(config, _WORKDIR.value)
   seeds = config.get('seeds', 1) if _SEEDS.value is None else _SEEDS.value
   if not isinstance(seeds, int) or seeds < 1:
-    from mgtil_jax import errors  # pylint: disable=g-import-not-at-top
+    from mgtil_jax.core import errors  # pylint: disable=g-import-not-at-top
     raise errors.UserError(f'--seeds: expected a positive integer, got '
                            f'{seeds!r}')
   if _SWEEP.value:
-    from mgtil_jax import sweep  # pylint: disable=g-import-not-at-top
+    from mgtil_jax.entry import sweep  # pylint: disable=g-import-not-at-top
     sweep.sweep(config, _WORKDIR.value, _SWEEP.value)
   elif _COMPARE.value or seeds != 1:  # exits 1 if any run failed
     return compare.main(config, _WORKDIR.value, _COMPARE.value, seeds)
@@ -147,7 +149,8 @@ def _error(message: str) -> int:
 def main_cli(argv) -> int:
   """Parses `argv` (argv[0] = program) and runs; returns the exit code:
   0 done, 2 an input error (one line on stderr). Bugs raise."""
-  from mgtil_jax import checkpoint, errors  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.core import errors  # pylint: disable=g-import-not-at-top
   debug = '--debug' in argv
   config_args, rest = _split_config_args(list(argv))
   flags.FLAGS.unparse_flags()  # callable more than once (tests)

@@ -1,9 +1,9 @@
 r"""An ablation over seeds: runs of two or more variants (one results.json
 per seed each, e.g. from `launch.py --sweep` once per `--config.seed`, or a
 `--compare --seeds` workdir), tabulated as mean ± 95% t-interval over seeds
-(mgtil_jax.stats.describe), with the paired difference of every variant
+(mgtil_jax.core.stats.describe), with the paired difference of every variant
 against the first one (two-way bootstrap over seeds x tasks,
-mgtil_jax.stats.paired_bootstrap), and each variant's loss-term shares
+mgtil_jax.core.stats.paired_bootstrap), and each variant's loss-term shares
 (benchmarks/dfg_share.py) averaged over tasks and seeds.
 
   python benchmarks/ablation.py dfg='/tmp/cmp/seed_*/primed' \
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dfg_share  # pylint: disable=g-import-not-at-top
-from mgtil_jax import stats  # pylint: disable=g-import-not-at-top
+from mgtil_jax.core import stats  # pylint: disable=g-import-not-at-top
 
 METRICS = ('transfer', 'avg', 'last', 'bwt')
 

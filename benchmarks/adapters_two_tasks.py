@@ -32,9 +32,10 @@ import optax
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import mgtil_synth  # pylint: disable=g-import-not-at-top
-from mgtil_jax import losses, train
+from mgtil_jax.criteria import losses
+from mgtil_jax import training as train
 from mgtil_jax.data import tasks as tasks_lib
-from mgtil_jax.models import adapters, clip
+from mgtil_jax.models import adapters, clip, presets
 
 ORDER = 'fundus_dr+xray_lesion'  # the two hardest for the pretrained tiny model
 
@@ -49,7 +50,7 @@ def run_method(method, exp, backbone, args):
     tx = optax.adam(args.lr_ft)
   else:
     adapter = adapters.config_for_method(method, num_tasks=len(tasks))
-    model = clip.make_model(clip.get_preset(cfg.model.preset),
+    model = clip.make_model(presets.get_preset(cfg.model.preset),
                             adapter=adapter)
     params = adapters.merge_backbone(nn.unbox(jax.jit(functools.partial(
         clip.init_params, model))(jax.random.key(cfg.seed))), backbone)

@@ -166,12 +166,14 @@ def _build_step(method, preset, global_batch, ref_batch, dtype, remat,
   """The trainer's continual step at real size, its state and placed
   inputs (task batch, reference pairs of ~40-token captions, prompts)."""
   import step_time  # pylint: disable=g-import-not-at-top
-  from mgtil_jax import steps, train  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.training import steps  # pylint: disable=g-import-not-at-top
+  from mgtil_jax import training as train  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from mgtil_jax.data import synth  # pylint: disable=g-import-not-at-top
   exp, tx, shardings, state = step_time.fresh_method_state(
       method, preset, global_batch, dtype, remat=remat)
   task = exp.tasks[0]
-  host = train.task_batch(task, 0, global_batch, 0, 0)
+  host = tasks_lib.task_batch(task, 0, global_batch, 0, 0)
   rng = np.random.default_rng(0)
   if exp.method.distill:
     s = exp.model.cfg.vision.image_size
@@ -386,7 +388,7 @@ def part_topk(cfg, k=10):
   rows = []
   exact = index.ExactSearcher(vectors)
   exact.search(queries, k)  # compile
-  s, (_, truth) = time.perf_counter(), exact.search(queries, k)
+  s, (truth_scores, truth) = time.perf_counter(), exact.search(queries, k)
   dt = time.perf_counter() - s
   rows.append({'searcher': f'exact on {jax.devices()[0].platform}',
                'n': n, 'dim': dim, 'queries': q, 'qps': q / dt,
@@ -408,8 +410,8 @@ def part_topk(cfg, k=10):
   t = time.perf_counter()
   _, found = searcher.search(queries, k)
   dt = time.perf_counter() - t
-  recall = float(np.mean([len(set(a) & set(b)) / k
-                          for a, b in zip(found, truth)]))
+  # Tie-aware: a returned copy of a true neighbour is a hit.
+  recall = index.search_recall(vectors, queries, found, truth_scores, k)
   rows.append({'searcher': 'scann on host', 'n': n, 'dim': dim, 'queries': q,
                'qps': q / dt, 'recall_at_10': recall, 'build_s': build_s,
                'params': params})
@@ -422,7 +424,8 @@ def part_topk(cfg, k=10):
 def part_e2e(cfg):
   """One task of a distillation method, end to end: retrieval, prefetched
   steps, evaluation; wall time per phase."""
-  from mgtil_jax import reference, train  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.data import reference  # pylint: disable=g-import-not-at-top
+  from mgtil_jax import training as train  # pylint: disable=g-import-not-at-top
   from mgtil_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from mgtil_jax.retrieval import embed, index, sampler  # pylint: disable=g-import-not-at-top
   per_device = cfg['batches'][0]
@@ -452,7 +455,7 @@ def part_e2e(cfg):
 
   class Source:
     def batch(self, task_index, s):
-      b = train.task_batch(task, s, gb, exp.config.seed, task_index)
+      b = tasks_lib.task_batch(task, s, gb, exp.config.seed, task_index)
       r = ref_source.batch(task_index, s)
       return dict(b, ref_image=r['image'], ref_tokens=r['tokens'])
 

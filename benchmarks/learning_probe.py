@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))  # configs/ imports its siblings as `configs.*`
 
-from mgtil_jax import train  # pylint: disable=g-import-not-at-top
+from mgtil_jax import training as train  # pylint: disable=g-import-not-at-top
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.models import clip
 

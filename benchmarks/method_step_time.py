@@ -25,14 +25,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step_time  # pylint: disable=g-import-not-at-top
-from mgtil_jax import steps, train
+from mgtil_jax.training import steps
+from mgtil_jax import training as train
+from mgtil_jax.data import tasks as tasks_lib
 
 
 def build(method, preset, batch, ref_batch, dtype):
   exp, tx, shardings, state = step_time.fresh_method_state(
       method, preset, batch, dtype)
   task = exp.tasks[0]
-  host = train.task_batch(task, 0, batch, 0, 0)
+  host = tasks_lib.task_batch(task, 0, batch, 0, 0)
   rng = np.random.default_rng(0)
   s = exp.model.cfg.vision.image_size
   if exp.method.distill:

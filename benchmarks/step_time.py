@@ -50,8 +50,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import mgtil_synth  # pylint: disable=g-import-not-at-top
-from mgtil_jax import train
-from mgtil_jax.models import clip
+from mgtil_jax import training as train
+from mgtil_jax.data import tasks as tasks_lib
+from mgtil_jax.models import presets
 
 # Dense peak FLOP/s by device kind (vendor specs, no sparsity).
 PEAK = {'H100': {'bfloat16': 989e12, 'float32': 67e12},
@@ -152,12 +153,12 @@ def fresh_method_state(method, preset, batch, dtype, *, remat=False):
 def _method_step(method, preset, batch, ref_batch, dtype, caption_words):
   """The trainer's continual step of `method` at 224 px (real presets),
   its state, and host task/reference batches as text lists."""
-  from mgtil_jax import steps  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.training import steps  # pylint: disable=g-import-not-at-top
   from mgtil_jax.data import synth  # pylint: disable=g-import-not-at-top
   exp, tx, shardings, state = fresh_method_state(method, preset, batch,
                                                  dtype)
   task = exp.tasks[0]
-  host = train.task_batch(task, 0, batch, 0, 0)
+  host = tasks_lib.task_batch(task, 0, batch, 0, 0)
   rng = np.random.default_rng(0)
   words = sorted(w for w in synth.vocabulary() if w.isalpha())
   captions = [' '.join(rng.choice(words, caption_words))
@@ -273,7 +274,7 @@ def _experiment(preset, batch, dtype, remat, init):
   config = mgtil_synth.get_config(f'runlocal,tasks=1,preset={preset}')
   if init:  # the checkpoint's architecture, image size and weights
     config.model.init = config.model.preset = init
-    config.data.image_size = clip.get_preset(init).vision.image_size
+    config.data.image_size = presets.get_preset(init).vision.image_size
   config.model.dtype = dtype
   config.model.remat = remat
   config.train.batch_size = batch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from mgtil_jax.models import clip
+from mgtil_jax.models import presets
 
 
 def data_config(*, benchmark: str, sources, root: str, image_size: int,
@@ -43,7 +43,7 @@ def data_config(*, benchmark: str, sources, root: str, image_size: int,
 def image_size_of(preset: str, size: int) -> int:
   """The stored image size: the model preset's input resolution (the ViT's
   position table is sized for it), which `size`, if given, must equal."""
-  native = clip.get_preset(preset).vision.image_size
+  native = presets.get_preset(preset).vision.image_size
   if size and size != native:
     raise ValueError(f'size={size}: the {preset!r} preset takes '
                      f'{native}px images; leave size unset or pick a preset '

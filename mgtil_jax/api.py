@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgtil_jax import tokenizer as tokenizer_lib
+from mgtil_jax.models import tokenizer as tokenizer_lib
 from mgtil_jax.models import biomedclip
 from mgtil_jax.models import clip
 from mgtil_jax.models import preprocessing

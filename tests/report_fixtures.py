@@ -1,5 +1,5 @@
 """Small results.json / comparison.json dictionaries for the report tests,
-shaped as report.build_results and compare.compare write them."""
+shaped as training.results.build_results and entry.compare.compare write them."""
 
 import numpy as np
 

@@ -16,7 +16,7 @@ import jax  # pylint: disable=g-import-not-at-top
 
 from configs import mgtil_synth  # pylint: disable=g-import-not-at-top
 from configs import retrieval as retrieval_cfg  # pylint: disable=g-import-not-at-top
-from mgtil_jax import train  # pylint: disable=g-import-not-at-top
+from mgtil_jax import training as train  # pylint: disable=g-import-not-at-top
 from mgtil_jax.retrieval import embed  # pylint: disable=g-import-not-at-top
 
 

@@ -15,7 +15,8 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import mgtil_synth  # pylint: disable=g-import-not-at-top
-from mgtil_jax import train
+from mgtil_jax import training as train
+from mgtil_jax.data import tasks as tasks_lib
 
 
 def main(out, data, fsdp, tensor):
@@ -36,7 +37,7 @@ def main(out, data, fsdp, tensor):
   prompts = exp.replicated(exp.prompt_tokens(task.class_names))
   with exp.context():
     for s in range(2):
-      batch = exp.put_batch(train.task_batch(task, s, 16, 0, 0))
+      batch = exp.put_batch(tasks_lib.task_batch(task, s, 16, 0, 0))
       state, metrics = step(state, batch, prompts)
   flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
           jax.tree_util.tree_flatten_with_path(state['params'])[0]}

@@ -23,10 +23,10 @@ import optax
 import pytest
 from scipy import special, stats
 
-from mgtil_jax.data import synth
+from mgtil_jax.data import benchmarks, synth
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.models import adapters, clip
-from mgtil_jax.tokenizer import Tokenizer, write_vocab
+from mgtil_jax.models.tokenizer import Tokenizer, write_vocab
 
 CFG = clip.get_preset('tiny')
 # Small adapters so that everything compiles quickly on CPU.
@@ -317,7 +317,7 @@ def bench(tmp_path_factory):
   data = ml_collections.ConfigDict(dict(
       name='mgtil_synth', order=TASKS, num_tasks=0, image_size=32,
       train_per_class=40, test_per_class=16, seed=0))
-  task_list = tasks_lib.load_benchmark(data)
+  task_list = benchmarks.load_benchmark(data)
   vocab = write_vocab(synth.vocabulary(),
                       str(tmp_path_factory.mktemp('tok') / 'vocab.txt'))
   tok = Tokenizer(vocab, CFG.text.context_length)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from configs import mgtil_synth
-from mgtil_jax import api, train
+from mgtil_jax import api
+from mgtil_jax import training as train
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.models import biomedclip, clip, preprocessing
 
@@ -170,7 +171,7 @@ def test_trainer_starts_from_a_checkpoint_dir(tmp_path):
              'opt': jax.jit(tx.init, out_shardings=shardings['opt'])(params)}
     step = train.make_task_step(exp, tx, shardings)
     task = exp.tasks[0]
-    batch = exp.put_batch(train.task_batch(task, 0, 4, 0, 0))
+    batch = exp.put_batch(tasks_lib.task_batch(task, 0, 4, 0, 0))
     prompts = exp.replicated(exp.prompt_tokens(task.class_names))
     _, metrics = step(state, batch, prompts)
   assert np.isfinite(float(metrics['loss']))

@@ -229,7 +229,7 @@ def test_second_run_on_a_locked_workdir(capsys, good, tmp_path):
   workdir = tmp_path / 'w'
   holder = subprocess.Popen([sys.executable, '-c', (
       'import sys, time; sys.path.insert(0, sys.argv[1]);'
-      'from mgtil_jax import workdir;'
+      'from mgtil_jax.training import workdir;'
       'cm = workdir.lock(sys.argv[2]); cm.__enter__();'
       'print("locked", flush=True); time.sleep(120)'), ROOT, str(workdir)],
                             env=_env(), stdout=subprocess.PIPE, text=True)

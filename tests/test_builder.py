@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mgtil_jax.data import builder, tasks
+from mgtil_jax.data import benchmarks, builder, tasks
 from mgtil_jax.data.sources import base
 
 # ------------------------------------------------------------------ images --
@@ -172,12 +172,12 @@ def test_sources_loader_via_load_benchmark(tmp_path, monkeypatch):
   (tmp_path / 'data' / 'elsewhere').mkdir()
   cfg = _data_cfg(tmp_path, ('toy_a', 'toy_b'),
                   folders={'toy_b': 'elsewhere'})
-  assert 'sources' in tasks.LOADERS
-  out = tasks.load_benchmark(cfg)
+  assert 'sources' in benchmarks.LOADERS
+  out = benchmarks.load_benchmark(cfg)
   assert [t.name for t in out] == ['toy_a', 'toy_b']
   assert out[1].class_names == ('x', 'y')
   cfg.num_tasks = 1
-  assert len(tasks.load_benchmark(cfg)) == 1
+  assert len(benchmarks.load_benchmark(cfg)) == 1
 
 
 def test_missing_folders_are_all_named_before_anything_is_built(tmp_path,
@@ -224,7 +224,7 @@ def test_unknown_reader_with_a_folder(tmp_path):
 def test_mgtil_configs_fail_fast_naming_every_missing_folder(
     tmp_path, module, names):
   import importlib  # pylint: disable=g-import-not-at-top
-  from mgtil_jax import train  # pylint: disable=g-import-not-at-top
+  from mgtil_jax import training as train  # pylint: disable=g-import-not-at-top
   cfg_module = importlib.import_module(f'configs.{module}')
   # docs/datasets.md: order I of each benchmark.
   assert cfg_module.ORDERS['I'] == names

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgtil_jax import checkpoint
+from mgtil_jax.training import checkpoint
 from mgtil_jax.data import tasks
 
 

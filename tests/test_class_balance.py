@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mgtil_jax import train
+from mgtil_jax import training as train
+from mgtil_jax.training.setup import _check_class_balance  # pylint: disable=protected-access
 from mgtil_jax.data.tasks import TaskData
 
 
@@ -59,10 +60,10 @@ def test_unknown_task_is_one_clear_line():
   cfg = ml_collections.ConfigDict(dict(train=dict(class_balance='pneumona')))
   with pytest.raises(ValueError, match=r"config\.train\.class_balance: "
                      r"unknown task 'pneumona'"):
-    train._check_class_balance(cfg, [PNEUMONIA, RETINA])  # pylint: disable=protected-access
+    _check_class_balance(cfg, [PNEUMONIA, RETINA])  # pylint: disable=protected-access
   for ok in ('', 'all', 'retina', 'pneumonia+retina'):
     cfg.train.class_balance = ok
-    train._check_class_balance(cfg, [PNEUMONIA, RETINA])  # pylint: disable=protected-access
+    _check_class_balance(cfg, [PNEUMONIA, RETINA])  # pylint: disable=protected-access
 
 
 def test_joint_stream_carries_each_tasks_own_weights():

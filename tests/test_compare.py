@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from configs import mgtil_synth
-from mgtil_jax import compare, metrics, stats, train
+from mgtil_jax.entry import compare
+from mgtil_jax.criteria import metrics
+from mgtil_jax.core import stats
+from mgtil_jax import training as train
 
 
 def _matrix(method, seed):
@@ -27,7 +30,7 @@ def fake_run(monkeypatch):
 
   def run(config, workdir):
     calls.append((config.method, config.seed, workdir))
-    if not os.path.isdir(os.path.dirname(workdir)):  # as train.validate_config
+    if not os.path.isdir(os.path.dirname(workdir)):  # as validation.validate
       raise FileNotFoundError(f'parent of {workdir} does not exist')
     if config.method == 'zeroshot' and config.seed == 43:
       raise RuntimeError('out of memory on seed 43\nsecond line')

@@ -5,7 +5,8 @@ import os
 import pytest
 
 from configs import common, mgtil_synth
-from mgtil_jax import train
+from mgtil_jax import training as train
+from mgtil_jax.entry import validation
 
 
 def _config(**overrides):
@@ -28,7 +29,7 @@ def _config(**overrides):
 ])
 def test_bad_values_name_the_field(tmp_path, path, value, field):
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):
-    train.validate_config(_config(**{path: value}), str(tmp_path / 'w'))
+    validation.validate(_config(**{path: value}), str(tmp_path / 'w'))
 
 
 def test_mesh_that_does_not_divide_devices(tmp_path):
@@ -39,7 +40,7 @@ def test_mesh_that_does_not_divide_devices(tmp_path):
 
 
 def test_batch_not_divisible_by_data_axis():
-  from mgtil_jax import sharding
+  from mgtil_jax.core import sharding
 
   class FakeMesh:  # the check only reads axis sizes
     shape = {'data': 2, 'fsdp': 2, 'tensor': 1}
@@ -52,7 +53,7 @@ def test_batch_not_divisible_by_data_axis():
 def test_missing_workdir_parent(tmp_path):
   missing = str(tmp_path / 'does' / 'not' / 'exist' / 'w')
   with pytest.raises(FileNotFoundError, match='--workdir'):
-    train.validate_config(_config(), missing)
+    validation.validate(_config(), missing)
 
 
 def test_unknown_order_and_config_argument(tmp_path):

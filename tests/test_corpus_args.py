@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mgtil_jax import errors, validation
+from mgtil_jax.core import errors
+from mgtil_jax.entry import validation
 from mgtil_jax.retrieval import corpus as corpus_lib
 from mgtil_jax.retrieval import queries
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgtil_jax import losses
+from mgtil_jax.criteria import losses
 
 
 def np_log_softmax(x, axis=-1):

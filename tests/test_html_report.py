@@ -5,7 +5,10 @@ import base64
 import html.parser
 import json
 
-from mgtil_jax import compare, html_report, report
+from mgtil_jax.entry import compare
+from mgtil_jax.reporting import pages as html_report
+from mgtil_jax import reporting as report
+from mgtil_jax.reporting import outputs
 import report_fixtures as fx
 
 
@@ -57,7 +60,7 @@ def _parse(text):
 
 def test_run_page_has_every_table_and_plot(tmp_path):
   r = fx.results()
-  report.write_outputs(str(tmp_path), r)  # writes report.html beside the PNGs
+  report.write_run(str(tmp_path), r)  # writes report.html beside the PNGs
   page = _parse((tmp_path / 'report.html').read_text())
   # Run, summary, accuracy matrix, tasks.
   assert len(page.tables) == 4
@@ -87,7 +90,7 @@ def test_comparison_page(tmp_path):
     (tmp_path / name).mkdir()
     (tmp_path / name / 'results.json').write_text(
         json.dumps(fx.results(method=name)))
-  compare.write(str(tmp_path), table)
+  outputs.write_comparison(str(tmp_path), table)
   assert (tmp_path / 'comparison.png').exists()
   assert (tmp_path / 'comparison_over_time.png').exists()
   page = _parse((tmp_path / 'report.html').read_text())

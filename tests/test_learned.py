@@ -1,4 +1,4 @@
-"""The not-learned check (mgtil_jax/learned.py): the majority-class rate
+"""The not-learned check (mgtil_jax/criteria/learned.py): the majority-class rate
 against an independent NumPy count (np.unique), a collapsed predictor that
 must warn, a good one that must not, and the rule's 5-point boundary."""
 
@@ -7,7 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from mgtil_jax import learned, report
+from mgtil_jax.criteria import learned
+from mgtil_jax import reporting as report
 
 
 def _majority_np(labels):
@@ -72,7 +73,7 @@ def test_phase_records_and_summary(caplog):
 
 
 def test_report_page_shows_the_warning():
-  from mgtil_jax import html_report  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.reporting import pages as html_report  # pylint: disable=g-import-not-at-top
   import report_fixtures as fx  # pylint: disable=g-import-not-at-top
   res = fx.results()
   assert 'did not learn' not in html_report.run_page(res, figures={})

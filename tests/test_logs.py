@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from mgtil_jax import logs
+from mgtil_jax.core import logs
 from mgtil_jax.data import builder
 from mgtil_jax.data.sources import base
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgtil_jax import losses
+from mgtil_jax.criteria import losses
 
 
 def np_log_softmax(x, axis=-1):
@@ -184,3 +184,55 @@ def test_balanced_class_weights_match_inverse_frequency():
   # Each class then carries the same total weight.
   np.testing.assert_allclose(np.bincount(labels, weights=w[labels]),
                              [2.25, 2.25, 2.25])
+
+
+def _masked_ce_numpy(logits, labels, mask, eps):
+  """NumPy reference: cross-entropy over each row's valid classes only,
+  the label smoothed uniformly over those classes."""
+  out = []
+  for z, y, m in zip(logits.astype(np.float64), labels, mask):
+    zv = z[m]
+    logp = zv - zv.max() - np.log(np.exp(zv - zv.max()).sum())
+    t = np.full(m.sum(), eps / m.sum())
+    t[np.flatnonzero(m).tolist().index(y)] += 1 - eps
+    out.append(-(t * logp).sum())
+  return float(np.mean(out))
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_masked_classification_loss_matches_numpy(seed):
+  # iCaRL's replay (issue 25): smoothing spreads over the valid classes only.
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(6, 9)).astype(np.float32)
+  mask = np.zeros((6, 9), bool)
+  for i, (lo, hi) in enumerate([(0, 3), (3, 7), (7, 9)] * 2):
+    mask[i, lo:hi] = True
+  labels = np.array([rng.integers(lo, hi) for lo, hi in
+                     [(0, 3), (3, 7), (7, 9)] * 2])
+  got = float(losses.classification_loss(
+      jnp.asarray(logits), jnp.asarray(labels), label_smoothing=0.2,
+      mask=jnp.asarray(mask)))
+  assert got == pytest.approx(_masked_ce_numpy(logits, labels, mask, 0.2),
+                              rel=1e-5)
+  # Of the order of ln C, not the 1e8 that mass on -1e9 logits gave; the
+  # excluded logits' values do not matter.
+  assert got < 2 * math.log(9)
+  far = np.where(mask, logits, -1e9).astype(np.float32)
+  assert float(losses.classification_loss(
+      jnp.asarray(far), jnp.asarray(labels), label_smoothing=0.2,
+      mask=jnp.asarray(mask))) == pytest.approx(got, rel=1e-6)
+  # The old behaviour, uniform smoothing over all C columns, is far off.
+  old = float(losses.classification_loss(jnp.asarray(far),
+                                         jnp.asarray(labels),
+                                         label_smoothing=0.2))
+  assert old > 1e6
+
+
+def test_masked_loss_gives_no_gradient_to_excluded_classes():
+  logits = jnp.asarray([[0.3, -0.2, 1.0, 0.5]])
+  mask = jnp.asarray([[True, True, False, False]])
+  g = jax.grad(lambda z: losses.classification_loss(
+      z, jnp.asarray([0]), label_smoothing=0.2, mask=mask))(logits)
+  np.testing.assert_allclose(np.asarray(g)[0, 2:], 0.0)
+  # The valid logits' gradient sums to zero: no common push down.
+  assert abs(float(g[0, :2].sum())) < 1e-6

@@ -1,10 +1,10 @@
-"""`--sweep` parsing (mgtil_jax/sweep.py): values as literals, bad specs
+"""`--sweep` parsing (mgtil_jax/entry/sweep.py): values as literals, bad specs
 named; the sweep itself is train.run per value (covered by test_methods)."""
 
 import pytest
 
 from configs import mgtil_synth
-from mgtil_jax import sweep
+from mgtil_jax.entry import sweep
 
 
 def test_parse_sweep_values_are_literals():

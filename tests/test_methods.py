@@ -13,7 +13,12 @@ import optax
 import pytest
 
 from configs import mgtil_synth
-from mgtil_jax import compare, losses, methods, steps, train
+from mgtil_jax import methods
+from mgtil_jax.entry import compare
+from mgtil_jax.criteria import losses
+from mgtil_jax.training import steps
+from mgtil_jax import training as train
+from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.methods import icarl, parts
 from mgtil_jax.models import adapters, clip
 
@@ -64,7 +69,7 @@ def _ref_batch(exp, b=8):
   images = rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)
   tokens = exp.tokenizer([f'a photo of {c}' for c in
                           (task.class_names * b)[:b]])
-  batch = train.task_batch(task, 0, 16, 0, 0)
+  batch = tasks_lib.task_batch(task, 0, 16, 0, 0)
   batch.update(ref_image=images, ref_tokens=tokens)
   return batch
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from mgtil_jax import metrics
+from mgtil_jax.criteria import metrics
 
 # Row t = evaluated after training task t, column j = task j (0-based).
 # A[1][0] > A[0][0] on purpose, so that Forgetting (max over earlier rows)

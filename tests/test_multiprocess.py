@@ -193,7 +193,7 @@ def test_two_processes_match_one(tmp_path):
   ft's params agree to rounding. On two processes the comparison goes from
   one method to the next (it once stalled there) within a hard timeout."""
   import jax  # pylint: disable=g-import-not-at-top
-  from mgtil_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
   one, two = _compare_launches(tmp_path, CI_METHODS, TIMEOUT_CI)
   for name in CI_METHODS:
     _assert_same_run(one, two, name)
@@ -236,7 +236,7 @@ def _towers_probe(out, workdir, port=None, process_id=None):
                                heartbeat_timeout_seconds=600)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from configs import mgtil_synth  # pylint: disable=g-import-not-at-top
-  from mgtil_jax import train  # pylint: disable=g-import-not-at-top
+  from mgtil_jax import training as train  # pylint: disable=g-import-not-at-top
   from mgtil_jax.retrieval import embed, queries  # pylint: disable=g-import-not-at-top
   cfg = mgtil_synth.get_config('runlocal,tasks=1')
   cfg.model.init = 'random'
@@ -298,7 +298,7 @@ def _hosts_probe(out, port, process_id):
   import jax  # pylint: disable=g-import-not-at-top
   jax.distributed.initialize(f'localhost:{port}', 2, int(process_id),
                              heartbeat_timeout_seconds=600)
-  from mgtil_jax import hosts  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.core import hosts  # pylint: disable=g-import-not-at-top
   record = {}
   hosts.sync('both')
   record['value'] = hosts.lead_value('value', {'from': jax.process_index()})
@@ -327,7 +327,7 @@ def _hosts_probe(out, port, process_id):
 def test_hosts_on_one_process(monkeypatch):
   """On one process the host rules cost nothing: no barrier, the value
   itself; a bad timeout is refused naming the variable."""
-  from mgtil_jax import hosts  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.core import hosts  # pylint: disable=g-import-not-at-top
   hosts.sync('anything', timeout=1)
   assert hosts.lead_value('value', {'a': 1}) == {'a': 1}
   assert hosts.lead_exists(ROOT, 'root') is True

@@ -112,7 +112,7 @@ def test_worker_processes_give_the_same_batches():
 
 def test_rows_of_a_one_device_sharding_and_placement():
   import jax  # pylint: disable=g-import-not-at-top
-  from mgtil_jax import sharding  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.core import sharding  # pylint: disable=g-import-not-at-top
   from configs import common  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
   rules = sharding.rules_from_config(common.SHARDING_RULES)

@@ -25,7 +25,7 @@ def _zeroshot(tmp_path, name, *flags):
 
 def _entries(tmp_path):
   return sorted(d for d in os.listdir(tmp_path / 'cache')
-                if d.startswith('pretrain_'))
+                if d.startswith('pretrain_') and not d.endswith('.lock'))
 
 
 def test_run_seeds_share_one_pretrained_start(tmp_path):

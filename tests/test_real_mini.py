@@ -55,7 +55,7 @@ def test_medpix_ct_vs_mr():
                             'name).*:UserWarning')
 def test_runlocal_sequence_end_to_end(tmp_path):
   from configs import real_mini  # pylint: disable=g-import-not-at-top
-  from mgtil_jax import train  # pylint: disable=g-import-not-at-top
+  from mgtil_jax import training as train  # pylint: disable=g-import-not-at-top
   c = real_mini.get_config('runlocal')
   assert c.data.root == SHARED
   results = train.run(c, str(tmp_path / 'w'))

@@ -10,7 +10,9 @@ import pytest
 from matplotlib.container import BarContainer
 from matplotlib.colors import to_hex
 
-from mgtil_jax import compare, methods, report
+from mgtil_jax import methods
+from mgtil_jax.entry import compare
+from mgtil_jax import reporting as report
 import report_fixtures as fx
 
 
@@ -145,7 +147,7 @@ def test_comparison_plot_colours_and_error_bars(spread):
 
 def test_final_summary_lists_metrics_and_existing_outputs(tmp_path):
   r = fx.results()
-  report.write_outputs(str(tmp_path), r)
+  report.write_run(str(tmp_path), r)
   text = report.final_summary(r, str(tmp_path))
   assert 'Last 62.0' in text and 'BWT -14.3' in text
   for name in ('report.html', 'results.json', 'results.md',

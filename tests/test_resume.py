@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from mgtil_jax import checkpoint
+from mgtil_jax.training import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'configs/mgtil_synth.py:runlocal,tasks=3,method=l2'

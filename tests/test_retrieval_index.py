@@ -289,3 +289,28 @@ def test_merged_recall_against_a_full_sort():
   best = -np.sort(-found, 1)[:, :k]
   want = (best >= kth[:, None] - 1e-5).sum(1) / k
   np.testing.assert_allclose(got, want)
+
+
+def test_search_recall_counts_a_returned_copy_as_a_hit():
+  # Issue 25: repeated vectors. Rows 0..4 hold two copies of each of two
+  # vectors; a search that returns the other copy found a true neighbour.
+  rng = np.random.default_rng(3)
+  a, b = rng.normal(size=(2, 8)).astype(np.float32)
+  far = rng.normal(size=(20, 8)).astype(np.float32) * 0.1
+  db = np.concatenate([np.stack([a, a, b, b]), far])
+  q = (a + 0.05 * b)[None].astype(np.float32)
+  exact = q.astype(np.float64) @ db.astype(np.float64).T  # NumPy reference
+  truth_ids = np.argsort(-exact, axis=1, kind='stable')[:, :2]
+  truth_scores = np.take_along_axis(exact, truth_ids, 1).astype(np.float32)
+  assert sorted(truth_ids[0].tolist()) == [0, 1]
+  swapped = np.array([[1, 0]])        # the same two copies, other order
+  other = np.array([[0, 2]])          # one copy of a, one of b: 1 of 2
+  assert index_lib.search_recall(db, q, swapped, truth_scores, 2) == 1.0
+  assert index_lib.search_recall(db, q, other, truth_scores, 2) == 0.5
+  # A third copy of a, returned in place of the truth's second: a tie
+  # with the k-th exact score, so a hit; by ids it would be a miss.
+  db3 = np.concatenate([db, a[None]])
+  assert index_lib.search_recall(db3, q, np.array([[0, len(db3) - 1]]),
+                                 truth_scores, 2) == 1.0
+  by_id = len(set([0, len(db3) - 1]) & set(truth_ids[0].tolist())) / 2
+  assert by_id == 0.5

@@ -19,7 +19,8 @@ import pytest
 
 from configs import mgtil_synth
 from configs import retrieval as retrieval_cfg
-from mgtil_jax import reference, train
+from mgtil_jax.data import reference
+from mgtil_jax import training as train
 from mgtil_jax.data import synth
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.models import clip

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from mgtil_jax import sharding
+from mgtil_jax.core import sharding
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

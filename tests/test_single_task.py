@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import mgtil_synth
-from mgtil_jax import methods, train
+from mgtil_jax import methods
+from mgtil_jax import training as train
 
 
 def test_each_task_starts_from_the_initial_model():

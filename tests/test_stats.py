@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from mgtil_jax import metrics, stats
+from mgtil_jax.criteria import metrics
+from mgtil_jax.core import stats
 
 
 def test_describe_matches_a_hand_computed_t_interval():

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mgtil_jax.data import synth, tasks
+from mgtil_jax.data import benchmarks, synth, tasks
 
 SIZE = 16  # small images keep rendering fast; the generator is size-agnostic
 
@@ -353,19 +353,19 @@ def test_batch_indices_depend_on_seed_and_stream():
 
 def test_load_benchmark_bad_order_names_config_field():
   with pytest.raises(ValueError, match=r'config\.data\.order'):
-    tasks.load_benchmark(_data_cfg(order='by_colour'))
+    benchmarks.load_benchmark(_data_cfg(order='by_colour'))
   with pytest.raises(ValueError, match=r'config\.data\.order'):
-    tasks.load_benchmark(_data_cfg(order='xray_lesion+not_a_task'))
+    benchmarks.load_benchmark(_data_cfg(order='xray_lesion+not_a_task'))
 
 
 def test_load_benchmark_bad_regime_names_config_field():
   with pytest.raises(ValueError, match=r'config\.data\.regime'):
-    tasks.load_benchmark(_data_cfg(regime='harder'))
+    benchmarks.load_benchmark(_data_cfg(regime='harder'))
 
 
 def test_load_benchmark_regime_changes_the_images():
-  plain = tasks.load_benchmark(_data_cfg(order='fundus_dr'))[0]
-  shifted = tasks.load_benchmark(_data_cfg(order='fundus_dr',
+  plain = benchmarks.load_benchmark(_data_cfg(order='fundus_dr'))[0]
+  shifted = benchmarks.load_benchmark(_data_cfg(order='fundus_dr',
                                            regime='shifted'))[0]
   np.testing.assert_array_equal(plain.train_labels, shifted.train_labels)
   assert not np.array_equal(plain.train_images, shifted.train_images)
@@ -393,11 +393,11 @@ def test_regimes_that_differ_only_in_task_images_share_one_corpus():
 
 def test_load_benchmark_bad_name_names_config_field():
   with pytest.raises(ValueError, match=r'config\.data\.name'):
-    tasks.load_benchmark(_data_cfg(name='medmnist_typo'))
+    benchmarks.load_benchmark(_data_cfg(name='medmnist_typo'))
 
 
 def test_load_benchmark_matches_make_split():
-  loaded = tasks.load_benchmark(_data_cfg())
+  loaded = benchmarks.load_benchmark(_data_cfg())
   assert [t.name for t in loaded] == ['xray_lesion', 'path_stain']
   for t in loaded:
     spec = synth.TASKS[t.name]
@@ -411,32 +411,32 @@ def test_load_benchmark_matches_make_split():
 
 
 def test_load_benchmark_list_order():
-  loaded = tasks.load_benchmark(_data_cfg(order=['path_stain', 'xray_lesion']))
+  loaded = benchmarks.load_benchmark(_data_cfg(order=['path_stain', 'xray_lesion']))
   assert [t.name for t in loaded] == ['path_stain', 'xray_lesion']
 
 
 def test_load_benchmark_rejects_empty_order_and_negative_count():
   with pytest.raises(ValueError, match=r'config\.data\.order'):
-    tasks.load_benchmark(_data_cfg(order=''))
+    benchmarks.load_benchmark(_data_cfg(order=''))
   with pytest.raises(ValueError, match=r'config\.data\.num_tasks'):
-    tasks.load_benchmark(_data_cfg(order='domain', num_tasks=-1))
+    benchmarks.load_benchmark(_data_cfg(order='domain', num_tasks=-1))
 
 
 def test_load_benchmark_num_tasks_keeps_a_prefix():
-  loaded = tasks.load_benchmark(_data_cfg(
+  loaded = benchmarks.load_benchmark(_data_cfg(
       order='fundus_rop+xray_lesion+path_stain', num_tasks=2))
   assert [t.name for t in loaded] == ['fundus_rop', 'xray_lesion']
 
 
 def test_load_benchmark_named_order():
-  loaded = tasks.load_benchmark(_data_cfg(order='alphabetical', image_size=8,
+  loaded = benchmarks.load_benchmark(_data_cfg(order='alphabetical', image_size=8,
                                           train_per_class=1))
   assert [t.name for t in loaded] == sorted(synth.TASKS)
 
 
 def test_load_benchmark_cache_is_reused_and_keyed(tmp_path, monkeypatch):
   cfg = _data_cfg(order='path_grade')
-  first = tasks.load_benchmark(cfg, cache_dir=str(tmp_path))
+  first = benchmarks.load_benchmark(cfg, cache_dir=str(tmp_path))
   assert (tmp_path / 'path_grade.npz').exists()
 
   # A second load with the same config must not render anything.
@@ -444,12 +444,12 @@ def test_load_benchmark_cache_is_reused_and_keyed(tmp_path, monkeypatch):
     raise AssertionError('rebuilt although the cache matches')
   with monkeypatch.context() as m:
     m.setattr(synth, 'make_split', fail)
-    second = tasks.load_benchmark(cfg, cache_dir=str(tmp_path))
+    second = benchmarks.load_benchmark(cfg, cache_dir=str(tmp_path))
   np.testing.assert_array_equal(first[0].train_images, second[0].train_images)
   np.testing.assert_array_equal(first[0].test_labels, second[0].test_labels)
 
   # A different config invalidates the cache instead of returning stale data.
-  changed = tasks.load_benchmark(_data_cfg(order='path_grade', seed=5),
+  changed = benchmarks.load_benchmark(_data_cfg(order='path_grade', seed=5),
                                  cache_dir=str(tmp_path))
   assert not np.array_equal(changed[0].train_images, first[0].train_images)
 

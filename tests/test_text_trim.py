@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgtil_jax import api, reference
-from mgtil_jax import tokenizer as tokenizer_lib
+from mgtil_jax import api
+from mgtil_jax.data import reference
+from mgtil_jax.models import tokenizer as tokenizer_lib
 from mgtil_jax.models import clip, preprocessing
 
 FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'biomedclip_tiny'

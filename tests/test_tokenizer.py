@@ -6,7 +6,7 @@ import unicodedata
 import numpy as np
 import pytest
 
-from mgtil_jax import tokenizer as tokenizer_lib
+from mgtil_jax.models import tokenizer as tokenizer_lib
 
 WORDS = ['a', 'photo', 'of', 'chest', 'x', 'ray', 'nodule', 'nod', 'pleural',
          'effusion', 'pneumothorax', 'the', 'is', 'seen', 'on', '-', '.', ',']

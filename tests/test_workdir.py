@@ -1,4 +1,4 @@
-"""Workdir lock and config fingerprint (mgtil_jax/workdir.py)."""
+"""Workdir lock and config fingerprint (mgtil_jax/training/workdir.py)."""
 
 import json
 import os
@@ -6,8 +6,8 @@ import os
 import ml_collections
 import pytest
 
-from mgtil_jax import workdir
-from mgtil_jax.errors import UserError
+from mgtil_jax.training import workdir
+from mgtil_jax.core.errors import UserError
 
 
 def _config(**train):

@@ -13,7 +13,7 @@ class names, domain, and the folder it was read from. A dataset whose
 recorded folder, classes or domain no longer match its source is rebuilt.
 
 `load_sources(data_cfg, cache_dir)` is the `'sources'` entry of
-`tasks.LOADERS`: it checks every dataset folder first (one error naming each
+`benchmarks.LOADERS`: it checks every dataset folder first (one error naming each
 missing folder, before anything is built), builds what is not built yet and
 decodes each dataset into a `TaskData`.
 """
@@ -30,6 +30,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from mgtil_jax.core import caches
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.data.sources import base
 
@@ -255,8 +256,8 @@ def _quiet(fn):
   `launch.py --verbose`: tfds warns on every builder made from a config
   object ('Using custom data configuration'), which is how every dataset
   here is made, and prints 'Downloading and preparing dataset' even when
-  the source files are local (mgtil_jax/logs.py)."""
-  from mgtil_jax import logs  # pylint: disable=g-import-not-at-top
+  the source files are local (mgtil_jax/core/logs.py)."""
+  from mgtil_jax.core import logs  # pylint: disable=g-import-not-at-top
 
   @functools.wraps(fn)
   def call(*args, **kwargs):
@@ -294,6 +295,18 @@ def build(source: base.Source, root: str, *, data_dir: str, image_size: int,
   (so the raw files may be gone), unless its recorded folder, classes or
   domain differ from the source's or `rebuild` is set.
   """
+  folder = os.path.join(data_dir, BUILDER_NAME, config_name(
+      source.name, image_size, seed, test_fraction))
+  # Two runs building one dataset build it once (core/caches.py).
+  with caches.cache_lock(folder):
+    return _build_locked(source, root, data_dir=data_dir,
+                         image_size=image_size, seed=seed,
+                         test_fraction=test_fraction, num_threads=num_threads,
+                         rebuild=rebuild, folder=folder)
+
+
+def _build_locked(source, root, *, data_dir, image_size, seed, test_fraction,
+                  num_threads, rebuild, folder):
   cls = _builder_class()
   make = lambda: _quiet(cls)(
       source=source, root=root, image_size=image_size, seed=seed,
@@ -304,8 +317,6 @@ def build(source: base.Source, root: str, *, data_dir: str, image_size: int,
   except Exception as e:  # pylint: disable=broad-except
     # A prepared dataset whose dataset_info.json is corrupt: it is only a
     # cache of `root`, so remove it and build it again.
-    folder = os.path.join(data_dir, BUILDER_NAME, config_name(
-        source.name, image_size, seed, test_fraction))
     if not os.path.isdir(folder):
       raise
     log.warning('%s: the prepared dataset %s is unreadable (%s: %s); '
@@ -452,7 +463,7 @@ def _builder(source, folder, data_cfg, data_dir):
 
 
 def load_sources(data_cfg, cache_dir: str | None):
-  """`tasks.LOADERS['sources']`: builds (if needed) and loads every task."""
+  """`benchmarks.LOADERS['sources']`: builds (if needed) and loads every task."""
   entries = resolve(data_cfg, cache_dir)
   data_dir = data_dir_of(data_cfg, cache_dir)
   out = []

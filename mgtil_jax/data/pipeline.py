@@ -88,7 +88,7 @@ def put_rows(batch: dict, mesh, rules, rows: tuple[int, int],
   """This process's rows [start, stop) of a global batch -> global jax Arrays
   sharded over the batch axis (each device takes its rows from them)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from mgtil_jax import sharding  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.core import sharding  # pylint: disable=g-import-not-at-top
 
   def put(x):
     def local(index):

@@ -16,6 +16,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
+from mgtil_jax.core import caches
 from mgtil_jax.data import synth
 
 log = logging.getLogger(__name__)
@@ -38,22 +39,24 @@ def _config_key(d: dict) -> str:
 
 def _cached(path: str, key: str, build):
   """Loads an npz cache whose key matches, else builds and writes it
-  atomically (a crash never leaves a half-written cache)."""
-  if os.path.exists(path):
-    try:
-      with np.load(path, allow_pickle=False) as f:
-        if str(f['_key']) == key:
-          return {k: f[k] for k in f.files if k != '_key'}
-    except Exception as e:  # pylint: disable=broad-except
-      # Truncated or corrupt (BadZipFile, EOFError, KeyError, ValueError,
-      # zlib errors, ...): it is only a cache, so build it again.
-      log.warning('data cache %s is unreadable (%s: %s); rebuilding it',
-                  path, type(e).__name__, e)
-  arrays = build()
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, _key=np.asarray(key), **arrays)
-  os.replace(tmp, path)
-  return arrays
+  atomically (a crash never leaves a half-written cache), under the entry's
+  lock: two runs that want it build it once (core/caches.py)."""
+  with caches.cache_lock(path):
+    if os.path.exists(path):
+      try:
+        with np.load(path, allow_pickle=False) as f:
+          if str(f['_key']) == key:
+            return {k: f[k] for k in f.files if k != '_key'}
+      except Exception as e:  # pylint: disable=broad-except
+        # Truncated or corrupt (BadZipFile, EOFError, KeyError, ValueError,
+        # zlib errors, ...): it is only a cache, so build it again.
+        log.warning('data cache %s is unreadable (%s: %s); rebuilding it',
+                    path, type(e).__name__, e)
+    arrays = build()
+    tmp = caches.temporary_name(path)
+    np.savez(tmp, _key=np.asarray(key), **arrays)
+    os.replace(tmp, path)
+    return arrays
 
 
 def first_tasks(names: tuple, data_cfg) -> tuple:
@@ -65,7 +68,7 @@ def first_tasks(names: tuple, data_cfg) -> tuple:
   return names[:num_tasks] if num_tasks else names
 
 
-def _synth_tasks(data_cfg, cache_dir: str | None) -> list[TaskData]:
+def synth_tasks(data_cfg, cache_dir: str | None) -> list[TaskData]:
   order = data_cfg.order
   if isinstance(order, str) and order in synth.ORDERS:
     names = synth.ORDERS[order]
@@ -122,28 +125,6 @@ def synth_corpus(data_cfg, per_class: int, cache_dir: str | None):
   return arrays['images'], [str(c) for c in arrays['captions']]
 
 
-def _source_tasks(data_cfg, cache_dir: str | None) -> list[TaskData]:
-  # Imported here: the builder pulls in tensorflow_datasets, which the
-  # embedded synthetic benchmark does not need.
-  from mgtil_jax.data import builder  # pylint: disable=g-import-not-at-top
-  return builder.load_sources(data_cfg, cache_dir)
-
-
-# config.data.name -> loader(data_cfg, cache_dir). 'sources': any sequence of
-# registered dataset readers (MGTIL, MedMNIST, VQA-RAD, MedPix, your own)
-# built into tfds datasets; see mgtil_jax/data/builder.py and docs/data.md.
-LOADERS = {'mgtil_synth': _synth_tasks, 'sources': _source_tasks}
-
-
-def load_benchmark(data_cfg, cache_dir: str | None = None) -> list[TaskData]:
-  if data_cfg.name not in LOADERS:
-    raise ValueError(f'config.data.name: unknown benchmark {data_cfg.name!r}; '
-                     f'expected one of {sorted(LOADERS)}')
-  if cache_dir:
-    os.makedirs(cache_dir, exist_ok=True)
-  return LOADERS[data_cfg.name](data_cfg, cache_dir)
-
-
 def batch_indices(n: int, batch_size: int, step: int, seed: int,
                   stream: int) -> np.ndarray:
   """Indices of batch `step` of an endless shuffled stream over n examples.
@@ -163,6 +144,14 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int,
     out[filled:filled + take] = perm[offset:offset + take]
     filled += take
   return out
+
+
+def task_batch(task: TaskData, step: int, batch_size: int, seed: int,
+               task_index: int) -> dict:
+  """Batch `step` of task `task_index`'s training stream (batch_indices)."""
+  idx = batch_indices(len(task.train_labels), batch_size, step, seed,
+                      stream=task_index)
+  return {'image': task.train_images[idx], 'label': task.train_labels[idx]}
 
 
 # CLIP's normalisation constants (open_clip OPENAI_DATASET_MEAN/STD), which

@@ -27,14 +27,12 @@ class Adapters(base.Part):
             'labels': adapters.optimizer_labels(abstract_params,
                                                 self.method_name)}
 
-  def initial_params(self, exp, writer):
+  def initial_params(self, exp, backbone, fresh):
     """A frozen backbone (the plain CLIP's initial params) + freshly
-    initialised adapters."""
-    from mgtil_jax import train  # pylint: disable=g-import-not-at-top
-    backbone = train.initial_params(train.backbone_experiment(exp), writer)
-    fresh = train.init_params(exp, exp.config.seed)
-    return jax.device_put(adapters.merge_backbone(fresh, backbone),
-                          exp.param_shardings)
+    initialised adapters (the run seed's)."""
+    plain = backbone()
+    return jax.device_put(adapters.merge_backbone(fresh(exp.config.seed),
+                                                  plain), exp.param_shardings)
 
   def model_kwargs(self, ctx, prompts):
     """The current task's adapters, with MoE gating noise keyed by the

@@ -12,7 +12,7 @@ Jitted hooks (traced inside `steps.make_task_step`, pure functions):
   transform_updates(ctx, updates, params, prompts)   adapter update masks.
   model_kwargs(ctx, prompts)   extra arguments of the student's forward pass.
 
-Host hooks (the task loop in `train.run`):
+Host hooks (the task loop in `training.run`):
   state_trees(kw) / init_tree(name, params)   param-shaped trees in the state.
   adapter(num_tasks) / optimizer(cfg, abstract_params) / initial_params(...)
   phases(num_tasks, steps) / stream(exp, t, start, meta)  what a phase trains on.
@@ -129,8 +129,11 @@ class Part:
     del config, abstract_params
     return None
 
-  def initial_params(self, exp, writer):
-    del exp, writer
+  def initial_params(self, exp, backbone, fresh):
+    """None (the trainer's start), or this method's initial params, built
+    from `backbone()` (the plain CLIP's initial params) and `fresh(seed)`
+    (random params of exp's model)."""
+    del exp, backbone, fresh
     return None
 
   def phases(self, num_tasks: int, steps: int):
@@ -250,7 +253,7 @@ class Method:
   def task_group(self, ctx):
     """Group 'task': CE on the task batch (Eq. CE) plus the parts'
     `task_terms` on the same forward pass."""
-    from mgtil_jax import losses  # pylint: disable=g-import-not-at-top
+    from mgtil_jax.criteria import losses  # pylint: disable=g-import-not-at-top
 
     def task(params, state, batch, prompts, teacher):
       logits = ctx.logits(params, batch['image'], prompts['task'],
@@ -292,8 +295,8 @@ class Method:
   def optimizer(self, config, abstract_params):
     return self._first('optimizer', config, abstract_params)
 
-  def initial_params(self, exp, writer):
-    return self._first('initial_params', exp, writer)
+  def initial_params(self, exp, backbone, fresh):
+    return self._first('initial_params', exp, backbone, fresh)
 
   def phases(self, num_tasks: int, steps: int):
     return self._first('phases', num_tasks, steps) or (num_tasks, steps)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mgtil_jax import losses
+from mgtil_jax.criteria import losses
+from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.methods import base, parts, registry
 
 
@@ -28,15 +29,14 @@ def make_fisher_fn(exp):
 
 def task_fisher(exp, params, task, task_index: int, prompts):
   """Mean over `ewc_batches` batches of the squared CE gradient."""
-  from mgtil_jax import train  # pylint: disable=g-import-not-at-top
   fisher_fn = make_fisher_fn(exp)
   n = exp.config.method_kwargs.ewc_batches
   total = None
   with exp.context():
     for b in range(n):
-      batch = exp.put_batch(train.task_batch(task, 10_000 + b,
-                                             exp.config.train.batch_size,
-                                             exp.config.seed, task_index))
+      batch = exp.put_batch(tasks_lib.task_batch(
+          task, 10_000 + b, exp.config.train.batch_size, exp.config.seed,
+          task_index))
       f = fisher_fn(params, batch, {'task': prompts})
       total = f if total is None else jax.tree.map(jnp.add, total, f)
   return jax.tree.map(lambda x: x / n, total)

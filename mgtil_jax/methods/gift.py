@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mgtil_jax import losses, reference
+from mgtil_jax.criteria import losses
+from mgtil_jax.data import reference
 from mgtil_jax.methods import base, parts, registry
 
 PAIRS_FILE = 'pairs.jsonl'

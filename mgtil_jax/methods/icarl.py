@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from mgtil_jax import losses
+from mgtil_jax.criteria import losses
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.methods import base, registry
 from mgtil_jax.models import clip
@@ -106,7 +106,7 @@ class Exemplars(base.Part):
         teacher, batch['mem_image'], prompts['memory']), batch['mem_mask'])
     return {
         'replay': losses.classification_loss(
-            mem, batch['mem_label'],
+            mem, batch['mem_label'], mask=batch['mem_mask'],
             label_smoothing=ctx.config.train.label_smoothing),
         'replay_kd': kw.icarl_kd_weight * losses.distillation_kl(
             mem, mem_teacher, temperature=kw.lwf_temperature)}

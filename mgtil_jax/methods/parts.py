@@ -2,7 +2,7 @@
 the task batch, quadratic pulls, reference-batch distillation, the Dynamic
 Fisher Weight Guard, weight ensembling / interpolation, joint training.
 
-Every loss value is a function of `mgtil_jax.losses`; a part only decides
+Every loss value is a function of `mgtil_jax.criteria.losses`; a part only decides
 which batch and which weights it is evaluated on.
 """
 
@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgtil_jax import losses, reference
+from mgtil_jax.criteria import losses
+from mgtil_jax.data import reference
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.methods import base
 
@@ -253,11 +254,10 @@ class JointStream:
     self._prompts = [exp.task_prompts(x) for x in exp.tasks]
 
   def __next__(self):
-    from mgtil_jax import train  # pylint: disable=g-import-not-at-top
     exp, s = self._exp, self._step
     self._step += 1
     t = s % len(exp.tasks)
-    batch = exp.put_batch(train.task_batch(
+    batch = exp.put_batch(tasks_lib.task_batch(
         exp.tasks[t], s // len(exp.tasks), exp.config.train.batch_size,
         exp.config.seed, t))
     return batch, self._prompts[t]

@@ -30,7 +30,7 @@ def get_method(name: str, method_kwargs=None) -> base.Method:
   if teacher not in base.TEACHERS:
     raise ValueError(f'config.method_kwargs.teacher: expected one of '
                      f'{base.TEACHERS}, got {teacher!r}')
-  from mgtil_jax import losses  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.criteria import losses  # pylint: disable=g-import-not-at-top
   norm = kw.get('dfg_normalize', 'mean')
   if norm not in losses.DFG_NORMALIZE:
     raise ValueError(f'config.method_kwargs.dfg_normalize: expected one of '

@@ -32,5 +32,5 @@ class FromInitial(base.Part):
 def build(kw):
   del kw
   method = base.Method('single_task', [FromInitial()])
-  method.per_task_bound = True  # report.build_results: the diagonal only
+  method.per_task_bound = True  # training.results.build_results: the diagonal only
   return method

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import jax
 
-from mgtil_jax import losses
+from mgtil_jax.criteria import losses
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.methods import base, parts, registry
 from mgtil_jax.models import clip

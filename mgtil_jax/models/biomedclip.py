@@ -540,6 +540,15 @@ def export_directory(directory: str, params, cfg: clip.ClipConfig,
   return directory
 
 
+def preset_config(name: str, **overrides) -> clip.ClipConfig:
+  """`config.model.preset` -> the architecture: a `clip.PRESETS` name, or a
+  checkpoint directory holding open_clip_config.json (models/presets.py)."""
+  if isinstance(name, str) and name not in clip.PRESETS and os.path.isfile(
+      os.path.join(name, CONFIG_FILE)):
+    return clip.with_overrides(read_config(name)[0], **overrides)
+  return clip.get_preset(name, **overrides)
+
+
 def load_checkpoint(path: str, preset: str | None = None,
                     vocab_file: str | None = None) -> Checkpoint:
   """Loads a BiomedCLIP-layout directory, or a single checkpoint file.
@@ -561,13 +570,13 @@ def load_checkpoint(path: str, preset: str | None = None,
   raw = None
   if os.path.exists(os.path.join(directory, CONFIG_FILE)):
     cfg, preprocess, raw = read_config(directory)
-    if preset is not None and clip.get_preset(preset) != cfg:
+    if preset is not None and preset_config(preset) != cfg:
       raise ValueError(
           f'preset {preset!r} differs from the architecture in '
           f'{os.path.join(directory, CONFIG_FILE)}: '
-          + config_difference(cfg, clip.get_preset(preset)))
+          + config_difference(cfg, preset_config(preset)))
   elif preset is not None:
-    cfg = clip.get_preset(preset)
+    cfg = preset_config(preset)
     preprocess = Preprocess(image_size=cfg.vision.image_size)
   else:
     raise ValueError(f'{path}: no {CONFIG_FILE} beside it; pass preset= (one '

@@ -17,10 +17,10 @@ import os
 import jax
 import numpy as np
 
-from mgtil_jax import tokenizer as tokenizer_lib
+from mgtil_jax.models import tokenizer as tokenizer_lib
 from mgtil_jax.models import biomedclip
-from mgtil_jax.models import clip
 from mgtil_jax.models import preprocessing
+from mgtil_jax.models import presets
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def check_init(config, mean, std) -> str:
         f'checkpoint directory / file, got {init!r} (no such path)')
   ck_dir = init if os.path.isdir(init) else os.path.dirname(
       os.path.abspath(init))
-  model_cfg = clip.get_preset(config.model.preset)
+  model_cfg = presets.get_preset(config.model.preset)
   if os.path.exists(os.path.join(ck_dir, biomedclip.CONFIG_FILE)):
     ck_cfg, pre, _ = biomedclip.read_config(ck_dir)
     if ck_cfg != model_cfg:
@@ -77,7 +77,7 @@ def tokenizer(config, mean, std) -> preprocessing.OpenClipTokenizer:
     raise FileNotFoundError(
         f'config.model.init={config.model.init}: {vocab_file} not found; '
         'set config.tokenizer.vocab_file')
-  model_cfg = clip.get_preset(config.model.preset)
+  model_cfg = presets.get_preset(config.model.preset)
   tok = preprocessing.OpenClipTokenizer.from_files(
       vocab_file, model_cfg.text.context_length,
       os.path.join(os.path.dirname(vocab_file), 'tokenizer_config.json'),

@@ -11,14 +11,12 @@ A learnable logit scale (log of the inverse temperature).
 Every parameter carries logical axis names (`embed`, `mlp`, `qkv`, `vocab`,
 ...) and activations are constrained with logical names (`batch`,
 `length`, `act_embed`), so that the rules in the config decide placement
-(see `mgtil_jax.sharding`).
+(see `mgtil_jax.core.sharding`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -82,20 +80,17 @@ PRESETS = {
 
 
 def get_preset(name: str, **overrides) -> ClipConfig:
-  """Returns a preset; `overrides` may set `vision.*`, `text.*` or top fields.
-
-  `name` may also be a BiomedCLIP checkpoint directory: the architecture in
-  its open_clip_config.json."""
-  if name in PRESETS:
-    cfg = PRESETS[name]
-  elif isinstance(name, str) and os.path.isfile(
-      os.path.join(name, 'open_clip_config.json')):
-    from mgtil_jax.models import biomedclip  # pylint: disable=g-import-not-at-top
-    cfg = biomedclip.read_config(name)[0]  # imported here: it imports clip
-  else:
+  """A named preset; `overrides` may set `vision.*`, `text.*` or top fields.
+  (models/presets.py also reads a BiomedCLIP checkpoint directory.)"""
+  if name not in PRESETS:
     raise ValueError(f'config.model.preset: unknown preset {name!r}; '
                      f'expected one of {sorted(PRESETS)} or a directory '
                      'holding open_clip_config.json')
+  return with_overrides(PRESETS[name], **overrides)
+
+
+def with_overrides(cfg: ClipConfig, **overrides) -> ClipConfig:
+  """`cfg` with `vision.*`, `text.*` or top fields replaced."""
   vision = {k[7:]: v for k, v in overrides.items() if k.startswith('vision.')}
   text = {k[5:]: v for k, v in overrides.items() if k.startswith('text.')}
   top = {k: v for k, v in overrides.items() if '.' not in k}

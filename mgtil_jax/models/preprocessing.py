@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgtil_jax.tokenizer import Tokenizer
+from mgtil_jax.models.tokenizer import Tokenizer
 
 
 def clean_text(text: str) -> str:
@@ -43,7 +43,7 @@ class OpenClipTokenizer(Tokenizer):
   `open_clip.get_tokenizer('local-dir:...')` on a BiomedCLIP directory.
 
   bucket=None (the default here) pads to the full context length as
-  open_clip does; a bucket trims the padding (see `mgtil_jax.tokenizer`),
+  open_clip does; a bucket trims the padding (see `mgtil_jax.models.tokenizer`),
   which leaves the ids of every real token unchanged."""
 
   def __init__(self, vocab_file: str, context_length: int,

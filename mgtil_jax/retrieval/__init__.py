@@ -13,14 +13,17 @@ memory retrieves").
   leakage.py  near-duplicates between the corpus and evaluation splits
 
 The trainer calls `build_reference_source(exp, batch_size)` and talks to the
-result through `mgtil_jax.reference.ReferenceSource`.
+result through `mgtil_jax.data.reference.ReferenceSource`.
 """
 
 from __future__ import annotations
 
 import os
 
-from mgtil_jax import errors, hosts, sharding
+from mgtil_jax.core import errors
+from mgtil_jax.core import hosts
+from mgtil_jax.core import sharding
+from mgtil_jax.retrieval import checks
 from mgtil_jax.retrieval import corpus as corpus_lib
 from mgtil_jax.retrieval import queries as queries_lib
 from mgtil_jax.retrieval import trace
@@ -30,48 +33,7 @@ from mgtil_jax.retrieval.sampler import RetrievalReferenceSource, prefetch
 __all__ = ['build_reference_source', 'corpus_reference_set', 'prefetch',
            'RetrievalReferenceSource', 'RetrievalMemory', 'validate_config']
 
-
-def validate_config(cfg) -> None:
-  """Fails fast on a bad config.retrieval field, naming it."""
-  def positive(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-      raise ValueError(f'config.retrieval.{name}: expected an integer >= '
-                       f'{minimum}, got {value!r}')
-  if cfg.mode not in ('dyn', 'uni'):
-    raise ValueError(f"config.retrieval.mode: expected 'dyn' or 'uni', got "
-                     f'{cfg.mode!r}')
-  for name in ('k', 'k_v', 'fetch_factor', 'max_fetch', 'reference_size',
-               'embed_batch_size', 'index_shard_rows', 'prefetch_depth',
-               'exact_block_rows', 'decode_threads'):
-    positive(name, cfg[name])
-  for name in ('a', 'b', 'c', 'n', 'max_reference_size'):
-    positive(name, cfg[name], 0)
-  for name in ('tie_tolerance', 'domain_tolerance'):
-    value = cfg.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        value < 0):
-      raise ValueError(f'config.retrieval.{name}: expected a number >= 0, '
-                       f'got {value!r}')
-  positive('corpus.shard_size', cfg.corpus.shard_size)
-  if cfg.searcher not in ('auto', 'exact', 'scann'):
-    raise ValueError(f"config.retrieval.searcher: expected 'auto', 'exact' or "
-                     f"'scann', got {cfg.searcher!r}")
-  if cfg.text_encoder not in ('clip', 'precomputed'):
-    raise ValueError(f"config.retrieval.text_encoder: expected 'clip' or "
-                     f"'precomputed', got {cfg.text_encoder!r}")
-  if cfg.domain_source not in ('model', 'pool'):
-    raise ValueError(f"config.retrieval.domain_source: expected 'model' or "
-                     f"'pool', got {cfg.domain_source!r}")
-  if cfg.bm25_query not in ('query', 'finding'):
-    raise ValueError(f"config.retrieval.bm25_query: expected 'query' or "
-                     f"'finding', got {cfg.bm25_query!r}")
-  if cfg.leakage.method not in ('phash', 'embedding'):
-    raise ValueError(f"config.retrieval.leakage.method: expected 'phash' or "
-                     f"'embedding', got {cfg.leakage.method!r}")
-  for name in ('{modality}', '{finding}'):
-    if name not in cfg.query_template:
-      raise ValueError(f'config.retrieval.query_template: expected {name} in '
-                       f'{cfg.query_template!r}')
+validate_config = checks.validate_config
 
 
 def corpus_specs(exp) -> list[dict]:
@@ -81,8 +43,7 @@ def corpus_specs(exp) -> list[dict]:
   if cfg.sources:
     return [dict(s) for s in cfg.sources]
   if exp.config.data.name != 'mgtil_synth':
-    from mgtil_jax import validation  # pylint: disable=g-import-not-at-top
-    raise errors.UserError(validation.corpus_missing_message(exp.config))
+    raise errors.UserError(checks.corpus_missing_message(exp.config))
   per_class = cfg.synth_per_class or exp.config.get(
       'pretrain', {}).get('corpus_per_class', 120)
   return [{'kind': 'synth', 'per_class': int(per_class),
@@ -137,7 +98,7 @@ def corpus_reference_set(exp, batch_size: int):
   entries that near-duplicate an evaluation image dropped (pHash, as the
   retrieval memory's leakage check)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from mgtil_jax import reference  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.data import reference  # pylint: disable=g-import-not-at-top
   from mgtil_jax.retrieval import leakage as leakage_lib  # pylint: disable=g-import-not-at-top
   cfg = exp.config.retrieval
   specs = corpus_specs(exp)

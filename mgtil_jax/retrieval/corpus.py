@@ -707,8 +707,8 @@ def ingest(entries: Iterable[Entry | Skip], out_dir: str, *,
 
   it = entries
   if progress:
-    from mgtil_jax import report  # pylint: disable=g-import-not-at-top
-    it = report.progress(entries, desc='ingest corpus', unit=' entries')
+    from mgtil_jax.core import logs  # pylint: disable=g-import-not-at-top
+    it = logs.progress(entries, desc='ingest corpus', unit=' entries')
   for e in it:
     counts['read'] += 1
     if isinstance(e, Skip):

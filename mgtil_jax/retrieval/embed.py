@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgtil_jax import sharding
-from mgtil_jax import tokenizer as tokenizer_lib
+from mgtil_jax.core import sharding
+from mgtil_jax.models import tokenizer as tokenizer_lib
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.models import clip
 from mgtil_jax.retrieval import corpus as corpus_lib
@@ -306,8 +306,8 @@ def embed_corpus(corpus, out_dir: str, *, text_encoder, image_encoder,
     manifest = old
   shards = range(corpus.num_shards)
   if progress:
-    from mgtil_jax import report  # pylint: disable=g-import-not-at-top
-    shards = report.progress(shards, desc='embed corpus', unit=' shards')
+    from mgtil_jax.core import logs  # pylint: disable=g-import-not-at-top
+    shards = logs.progress(shards, desc='embed corpus', unit=' shards')
   for s in shards:
     key = f'{s:05d}'
     done = manifest['shards'].get(key)

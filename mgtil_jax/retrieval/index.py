@@ -151,7 +151,7 @@ class ScannSearcher:
     # exact dot products, which the tie-robust cutoff relies on.
     builder = builder.reorder(k * params['reorder_factor'],
                               quantize=reorder[params['reorder_dtype']])
-    from mgtil_jax import logs  # pylint: disable=g-import-not-at-top
+    from mgtil_jax.core import logs  # pylint: disable=g-import-not-at-top
     with logs.quiet_native_stderr():  # ScaNN's C++ INFO lines, unless verbose
       searcher = builder.build()
     return cls(searcher, n, dim, params)
@@ -308,6 +308,16 @@ def recall_at_k(found_scores, truth_scores, k: int,
                            1)[:, 0]
   hits = (found_scores[:, :k] >= kth[:, None] - tol).sum(1)
   return np.where(want > 0, np.minimum(hits, want) / np.maximum(want, 1), 1.)
+
+
+def search_recall(vectors, queries, positions, truth_scores, k: int) -> float:
+  """Mean tie-aware recall@k of returned `positions` [Q, >=k] against the
+  exact top-k scores [Q, k]: each returned row is scored exactly
+  (`true_scores`), so a copy of a true neighbour is a hit (`recall_at_k`),
+  where comparing ids would count it a miss."""
+  found = true_scores(vectors, queries, np.asarray(positions, np.int64))
+  return float(recall_at_k(found, np.asarray(truth_scores, np.float32),
+                           k).mean())
 
 
 def _grid(lo: int, hi: int, ratio: float) -> list[int]:

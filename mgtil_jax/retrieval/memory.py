@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from mgtil_jax import hosts
+from mgtil_jax.core import hosts
 from mgtil_jax.retrieval import corpus as corpus_lib
 from mgtil_jax.retrieval import embed as embed_lib
 from mgtil_jax.retrieval import index as index_lib

@@ -1,6 +1,6 @@
 """Reference batches from the retrieval memory, and a background prefetcher.
 
-`RetrievalReferenceSource` implements `mgtil_jax.reference.ReferenceSource`:
+`RetrievalReferenceSource` implements `mgtil_jax.data.reference.ReferenceSource`:
 `prepare(task_index, teacher_params)` composes the task's reference set
 (Dynamic Siphon or PRIMED_uni) and holds its decoded images and caption
 tokens in host memory; `batch(task_index, step)` is a pure function of
@@ -18,8 +18,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from mgtil_jax import reference
-from mgtil_jax import tokenizer as tokenizer_lib
+from mgtil_jax.data import reference
+from mgtil_jax.models import tokenizer as tokenizer_lib
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.retrieval import queries as queries_lib
 from mgtil_jax.retrieval import siphon

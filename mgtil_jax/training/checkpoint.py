@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mgtil_jax import hosts
-from mgtil_jax.errors import UserError
+from mgtil_jax.core import hosts
+from mgtil_jax.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mgtil_jax import losses
+from mgtil_jax.criteria import losses
 from mgtil_jax.methods import base as methods_base
 
 # Kept here for callers of steps.pair_logits (pretraining, benchmarks).

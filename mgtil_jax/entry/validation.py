@@ -1,8 +1,10 @@
 """The whole config checked up front, before any data, model or device work,
 each failure one `UserError` naming the field and what was expected.
 
-`validate(config, workdir)` is called by `launch.py` first thing and by
-`train.run` (through `workdir.guarded`), so a notebook gets the same checks.
+`validate(config, workdir)` calls each layer's own checks (methods, models,
+retrieval/checks.py). `launch.py` calls it first thing and `entry.run`
+(which compare and sweep use, and a notebook should) before every run;
+`training.run` itself does not (docs/architecture.md).
 Fields a config does not have are skipped (the benchmarks' configs differ).
 `check_inputs` also checks that every path the config names exists (data
 root, corpus=, pool=, generated pairs, vocab, precomputed vectors) and that a
@@ -17,7 +19,8 @@ import math
 import numbers
 import os
 
-from mgtil_jax.errors import UserError, UserFileError
+from mgtil_jax.retrieval import checks as retrieval_checks
+from mgtil_jax.core.errors import UserError, UserFileError
 
 
 def _get(config, path: str):
@@ -184,23 +187,6 @@ def check_workdir(workdir: str):
 # ------------------------------------------------------------ inputs --
 
 
-def _benchmark(config) -> str:
-  data = config.get('data') or {}
-  return str(data.get('benchmark') or data.get('name') or 'your benchmark')
-
-
-def corpus_missing_message(config) -> str:
-  """The one line telling a user of a corpus-needing method what to give."""
-  bench = _benchmark(config)
-  return (f'method {config.get("method")!r} needs an image-caption corpus and '
-          f'benchmark {bench!r} has none built in: give corpus=<folder or '
-          f'file> (e.g. --config=configs/{bench}.py:method='
-          f'{config.get("method")},corpus=/data/captions.jsonl; JSONL / CSV / '
-          'Parquet of image path + caption, a MedPix 2.0 folder or webdataset '
-          '.tar shards, see docs/retrieval.md), or set '
-          'config.retrieval.corpus.sources')
-
-
 def needs_corpus(config) -> bool:
   """Whether the config's method draws reference batches from a corpus
   (ZSCL, SnD, PRIMED, PRIMED_uni, GIFT without generated pairs)."""
@@ -216,50 +202,18 @@ def check_inputs(config):
   """Every file or folder the config names, and a corpus for a method that
   needs one: checked before any data build or pretraining, one line each
   naming the config argument to give."""
-  # pylint: disable=g-import-not-at-top
-  from mgtil_jax.retrieval import corpus as corpus_lib
   data = config.get('data') or {}
   root = data.get('root') if data.get('name') == 'sources' else ''
   data_dir = data.get('data_dir') or ''
   if root and not os.path.isdir(os.path.expanduser(str(root))) and not (
       data_dir and os.path.isdir(os.path.expanduser(str(data_dir)))):
-    bench = _benchmark(config)
+    bench = retrieval_checks.benchmark_name(config)
     env = ' or set MGTIL_DATA' if bench == 'real_mini' else ''
     raise UserFileError(f'root: the data folder {root} does not exist '
                         f'(config.data.root); give root=<folder>{env}, e.g. '
                         f'--config=configs/{bench}.py:root=/data/{bench}')
   retrieval = config.get('retrieval')
-  sources = tuple((retrieval.get('corpus') or {}).get('sources') or ()) if (
-      retrieval) else ()
-  for spec in sources:
-    spec = dict(spec)
-    kind = spec.get('kind')
-    try:
-      if kind == 'path':
-        corpus_lib.specs_from_path(spec.get('paths', ''),
-                                   spec.get('arg', 'corpus'))
-      elif kind == 'real_mini':
-        for key in ('medpix', 'vqa_rad'):
-          if not os.path.isdir(str(spec.get(key) or '')):
-            raise UserFileError(
-                f'corpus=real_mini: the {key} folder {spec.get(key)!r} does '
-                'not exist (it is read from root=; set root= or MGTIL_DATA to '
-                'the folder holding medpix2/ and vqa_rad/)')
-      elif kind not in corpus_lib.READERS:
-        raise UserError(f'config.retrieval.corpus.sources: unknown kind '
-                        f'{kind!r}; expected one of '
-                        f'{sorted(corpus_lib.READERS)}')
-    except UserError:
-      raise
-    except FileNotFoundError as e:
-      raise UserFileError(str(e)) from e
-    except ValueError as e:
-      raise UserError(str(e)) from e
-  pool = retrieval.get('pool') if retrieval else ''
-  if pool and not os.path.isfile(os.path.expanduser(str(pool))):
-    raise UserFileError(f'pool: {pool} not found (config.retrieval.pool: '
-                        'expected a JSON or CSV question pool file, see '
-                        'docs/retrieval.md)')
+  sources = retrieval_checks.check_sources(retrieval)
   kw = config.get('method_kwargs') or {}
   pairs = kw.get('gift_pairs') if config.get('method') == 'gift' else ''
   if pairs and not os.path.isdir(os.path.expanduser(str(pairs))):
@@ -267,11 +221,10 @@ def check_inputs(config):
                         'found (expected the generated pairs, pairs.jsonl)')
   needs = needs_corpus(config)
   if not sources and needs and data.get('name') != 'mgtil_synth':
-    raise UserError(corpus_missing_message(config))
+    raise UserError(retrieval_checks.corpus_missing_message(config))
   if needs and retrieval:
-    from mgtil_jax import retrieval as retrieval_lib
     try:  # the retrieval knobs, otherwise checked only at the first task
-      retrieval_lib.validate_config(retrieval)
+      retrieval_checks.validate_config(retrieval)
     except ValueError as e:
       raise UserError(str(e)) from e
     pre = retrieval.get('precomputed') or {}
@@ -294,11 +247,11 @@ def validate(config, workdir: str | None = None):
   """Raises `UserError` naming the first bad field (or the workdir)."""
   # pylint: disable=g-import-not-at-top
   from mgtil_jax import methods
-  from mgtil_jax.models import clip
+  from mgtil_jax.models import presets
   check_fields(config)
   try:
     methods.get_method(config.method, config.get('method_kwargs'))
-    clip.get_preset(config.model.preset)
+    presets.get_preset(config.model.preset)
   except (ValueError, KeyError) as e:  # their messages name the field
     raise UserError(str(e).strip('"\'')) from e
   check_inputs(config)

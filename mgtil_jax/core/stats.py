@@ -2,7 +2,7 @@
 
 - `describe`: mean, sample std and the 95% Student-t interval of the mean of
   one metric over seeds.
-- `per_task`: each continual metric of `mgtil_jax.metrics` written as a mean
+- `per_task`: each continual metric of `mgtil_jax.criteria.metrics` written as a mean
   over tasks of a per-task value, so that methods can be compared task by
   task.
 - `paired_bootstrap`: the mean paired difference of two methods (same

@@ -8,14 +8,26 @@ import optax
 
 
 def classification_loss(logits, labels, *, label_smoothing: float = 0.0,
-                        class_weights=None):
+                        class_weights=None, mask=None):
   """Mean cross-entropy of float[B, C] logits against int[B] labels, with
   labels smoothed towards uniform by `label_smoothing`. With float[C]
   `class_weights`, the weighted mean sum_i w[y_i] CE_i / sum_i w[y_i]
   (PyTorch's `CrossEntropyLoss(weight=...)`; docs/methods.md, "Class
-  balance")."""
+  balance").
+
+  bool[B, C] `mask`: the classes each row is scored among (iCaRL's replay:
+  the exemplar's own task). The smoothing mass goes to those classes only,
+  and the excluded logits leave the softmax: a target on an excluded class
+  would push every valid logit down together (issue 25)."""
   targets = jax.nn.one_hot(labels, logits.shape[-1])
-  if label_smoothing:
+  if mask is not None:
+    mask = jnp.asarray(mask, bool)
+    logits = jnp.where(mask, logits, -1e9)
+    if label_smoothing:
+      valid = mask.astype(targets.dtype)
+      targets = ((1.0 - label_smoothing) * targets + label_smoothing * valid
+                 / jnp.maximum(valid.sum(-1, keepdims=True), 1.0))
+  elif label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   per_example = optax.softmax_cross_entropy(logits, targets)
   if class_weights is None:

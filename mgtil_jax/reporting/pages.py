@@ -15,7 +15,8 @@ import json
 import math
 import os
 
-from mgtil_jax import report
+from mgtil_jax.reporting import comparison
+from mgtil_jax.reporting import figures as figures_lib
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em;
@@ -84,9 +85,9 @@ def _write(path: str, text: str) -> str:
 
 def run_page(results: dict, figures: dict | None = None) -> str:
   """The page of one run. `figures` ({file name: Figure}) defaults to
-  report.RUN_FIGURES drawn afresh."""
+  figures_lib.RUN_FIGURES drawn afresh."""
   if figures is None:
-    figures = {name: fn(results) for name, fn in report.RUN_FIGURES}
+    figures = {name: fn(results) for name, fn in figures_lib.RUN_FIGURES}
   tasks = results['tasks']
   names = [t['name'] for t in tasks]
   s = results['summary']
@@ -153,7 +154,7 @@ def _with_spread(row: dict, metric: str) -> str:
   when the row carries a spread over seeds ('ci' as [low, high] or a
   half-width, else 'summary_std'), else '12.3'."""
   value = _pct(row['summary'].get(metric))
-  low, high = report.error_interval(row, metric)
+  low, high = figures_lib.error_interval(row, metric)
   if low is None or value == '–':
     return value
   if abs(low - high) < 5e-4:
@@ -163,13 +164,12 @@ def _with_spread(row: dict, metric: str) -> str:
 
 def comparison_page(table: dict, figure=None, over_time=None) -> str:
   """The page of a comparison (compare.py's table); `figure` defaults to
-  compare.plot drawn afresh; `over_time`, when given, is
-  report.plot_methods_over_time of the methods' runs."""
-  from mgtil_jax import compare  # pylint: disable=g-import-not-at-top
+  comparison.plot drawn afresh; `over_time`, when given, is
+  figures_lib.plot_methods_over_time of the methods' runs."""
   if figure is None:
-    figure = compare.plot(table)
+    figure = comparison.plot(table)
   names = list(table['methods'])
-  metrics = [(k, label) for k, label in _METRICS if k in compare.METRICS]
+  metrics = [(k, label) for k, label in _METRICS if k in comparison.METRICS]
   rows = []
   for name in names:
     row = table['methods'][name]
@@ -181,7 +181,7 @@ def comparison_page(table: dict, figure=None, over_time=None) -> str:
   last_rows = [[name] + [_pct(v) for v in table['methods'][name].get(
       'last_row') or []] for name in names]
   swatches = ''.join(
-      f'<span class="swatch" style="background:{report.method_color(n)}">'
+      f'<span class="swatch" style="background:{figures_lib.method_color(n)}">'
       f'</span>{html.escape(n)} &nbsp; ' for n in names)
   sections = [
       f"<p>{len(table['tasks'])} tasks; accuracy in %; joint = multi-task "
@@ -216,7 +216,7 @@ def _load_runs(workdir: str, table: dict) -> dict:
 def write_comparison(workdir: str, table: dict, figure=None) -> str:
   """report.html of a comparison, and comparison_over_time.png from the
   methods' results.json files in workdir/<method>/ (when there are any)."""
-  over_time = report.plot_methods_over_time(
+  over_time = figures_lib.plot_methods_over_time(
       _load_runs(workdir, table),
       os.path.join(workdir, 'comparison_over_time.png'))
   return _write(os.path.join(workdir, 'report.html'),

@@ -8,8 +8,9 @@
   fields; fields that only change how the run is carried out (checkpoint
   cadence, logging, eval batch size, mesh, threads, caches) may change.
 
-`guarded(run)` wraps `train.run`: validate, lock, check the fingerprint, run,
-and always let in-flight checkpoint saves finish before the error surfaces.
+`guarded(run)` wraps `training.run`: lock, check the fingerprint, run, and
+always let in-flight checkpoint saves finish before the error surfaces (the
+config is validated before, by the entry points: entry/validation.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import os
 import socket
 import time
 
-from mgtil_jax import validation
-from mgtil_jax.errors import UserError
+from mgtil_jax.core import hosts
+from mgtil_jax.core.errors import UserError
+from mgtil_jax.training import checkpoint
 
 CONFIG_FILE = 'config.json'
 LOCK_FILE = '.lock'
@@ -161,15 +163,13 @@ def lock(workdir: str):
 
 
 def guarded(run):
-  """`run(config, workdir, ...)` validated, locked and fingerprinted; on any
+  """`run(config, workdir, ...)` locked and fingerprinted (the entry points
+  validate the config first: entry/validation.py); on any
   exit the checkpoint saves still in flight are finished first, so the
   error (if any) is the last thing printed."""
 
   @functools.wraps(run)
   def wrapper(config, workdir: str, *args, **kwargs):
-    # pylint: disable=g-import-not-at-top
-    from mgtil_jax import checkpoint, hosts
-    validation.validate(config, workdir)
     with contextlib.ExitStack() as held:
       # Process 0 alone locks and checks the workdir, and every process
       # raises its refusal: a refusal on process 0 alone would leave the

@@ -1,219 +1,16 @@
-"""What a run shows people: progress bars, TensorBoard scalars, the results
-JSON, the printed table and the PNG plots. Only process 0 writes."""
+"""The figures of a run and of a comparison (matplotlib, outside pyplot),
+with one colour per method and per loss term."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 import math
 import os
-import platform
 import re
 import zlib
 
-import jax
 import numpy as np
-from tqdm import tqdm
 
-from mgtil_jax import learned, metrics
-
-PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy',
-            'mgtil_jax')
-
-
-def progress(iterable, **kwargs):
-  """tqdm on process 0 only."""
-  return tqdm(iterable, disable=jax.process_index() != 0, dynamic_ncols=True,
-              **kwargs)
-
-
-def summary_writer(workdir: str):
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  return SummaryWriter(os.path.join(workdir, 'tensorboard'))
-
-
-def scalars(writer, prefix: str, values: dict, step: int):
-  if writer is None:
-    return
-  for k, v in values.items():
-    writer.add_scalar(f'{prefix}/{k}', float(np.asarray(v)), step)
-
-
-def _versions() -> dict:
-  out = {}
-  for p in PACKAGES:
-    try:
-      out[p] = importlib.metadata.version(p)
-    except importlib.metadata.PackageNotFoundError:
-      out[p] = None
-  out['python'] = platform.python_version()
-  return out
-
-
-def _nan_to_none(x):
-  if isinstance(x, float) and math.isnan(x):
-    return None
-  if isinstance(x, dict):
-    return {k: _nan_to_none(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_nan_to_none(v) for v in x]
-  return x
-
-
-def build_results(exp, meta: dict, wall_time: float) -> dict:
-  acc = np.asarray(meta['acc_rows'], np.float64)
-  auc = np.asarray(meta['auc_rows'], np.float64)
-  if getattr(exp.method, 'per_task_bound', False):
-    # single_task: row t is the model trained on task t alone, so only the
-    # diagonal is a result (the per-task bound); no sequence, no forgetting.
-    summary = {k: float('nan') for k in ('transfer', 'avg', 'bwt',
-                                         'forgetting')}
-    summary.update(last=float(np.diag(acc).mean()),
-                   zero_shot_mean=float(np.mean(meta['zero_shot'])))
-  elif acc.shape[0] == acc.shape[1]:
-    summary = metrics.continual_metrics(acc, meta['zero_shot'])
-  else:  # joint training: one row, only the final-accuracy metrics apply
-    summary = {k: float('nan') for k in ('transfer', 'avg', 'bwt',
-                                         'forgetting')}
-    summary.update(last=float(acc[-1].mean()),
-                   zero_shot_mean=float(np.mean(meta['zero_shot'])))
-  # ACC / AUC as the paper's MedXtreme table: the final row's means (the
-  # diagonal's for single_task, whose final row is one task's model).
-  final_acc, final_auc = acc[-1], auc[-1]
-  if getattr(exp.method, 'per_task_bound', False):
-    final_acc, final_auc = np.diag(acc), np.diag(auc)
-  summary['acc'] = float(final_acc.mean())
-  summary['auc'] = float(np.nanmean(final_auc)) if np.isfinite(
-      final_auc).any() else float('nan')
-  tasks = [{'name': t.name, 'domain': t.domain,
-            'class_names': list(t.class_names),
-            'num_train': int(len(t.train_labels)),
-            'num_test': int(len(t.test_labels)),
-            'chance': 1.0 / len(t.class_names)} for t in exp.tasks]
-  return _nan_to_none({
-      'method': exp.config.method,
-      'benchmark': exp.config.data.name,
-      'tasks': tasks,
-      'accuracy_matrix': acc.tolist(),
-      'auc_matrix': auc.tolist(),
-      'zero_shot': list(meta['zero_shot']),
-      'zero_shot_auc': list(meta['zero_shot_auc']),
-      'summary': summary,
-      # Per task: 'loss', 'terms' {name: [[step, value]]} and 'grad_share'
-      # {group or term: [[step, share of the summed gradient norms]]}.
-      'train_curves': meta['train_curves'],
-      'reference': meta.get('reference', []),
-      # Tasks whose accuracy after their own training stayed near the
-      # majority-class rate, or whose predictions collapsed (learned.py).
-      'not_learned': meta.get('not_learned', []),
-      # single_task only: the diagonal, each task by its own model.
-      'per_task_bound': ([float(x) for x in np.diag(acc)]
-                         if getattr(exp.method, 'per_task_bound', False)
-                         else None),
-      'method_info': meta.get('method_info', {}),
-      'config': exp.config.to_dict(),
-      'versions': _versions(),
-      'devices': {'count': jax.device_count(),
-                  'processes': jax.process_count(),
-                  'platform': jax.devices()[0].platform},
-      'wall_time_s': wall_time,
-  })
-
-
-def _json_default(x):
-  if isinstance(x, (np.integer, np.floating)):
-    return x.item()
-  if isinstance(x, (tuple, set)):
-    return list(x)
-  return str(x)
-
-
-def write_outputs(workdir: str, results: dict):
-  """The figures and report.html first, then the Markdown table, then
-  results.json, the last two each written to a temporary file and renamed:
-  a failure leaves the previous results whole, and results.json (what tools
-  read) appears only once the rest succeeded."""
-  write_figures(workdir, results)
-  outputs = (('results.md', format_table(results) + '\n'),
-             ('results.json', json.dumps(results, indent=1,
-                                         default=_json_default)))
-  for name, text in outputs:  # results.json last
-    tmp = os.path.join(workdir, name + '.tmp')
-    with open(tmp, 'w') as f:
-      f.write(text)
-    os.replace(tmp, os.path.join(workdir, name))
-
-
-def _fmt(x, pct=True):
-  if x is None or (isinstance(x, float) and math.isnan(x)):
-    return '  -  '
-  return f'{100 * x:5.1f}' if pct else f'{x:5.2f}'
-
-
-def format_table(results: dict) -> str:
-  """The accuracy matrix (with the zero-shot row) and the summary, as
-  Markdown that also reads well in a terminal. Task names are never cut."""
-  names = [t['name'] for t in results['tasks']]
-  widths = [max(5, len(n)) for n in names]
-  acc_rows = results['accuracy_matrix']
-  rows = [('zero-shot', results['zero_shot'])] + (
-      [(f'{i + 1} {names[i]}', r) for i, r in enumerate(acc_rows)]
-      if len(acc_rows) == len(names) else [('after joint', acc_rows[-1])])
-  rows.append(('(chance)', [t['chance'] for t in results['tasks']]))
-  label_w = max(len('after task'), *(len(label) for label, _ in rows))
-  head = (f"| {'after task':<{label_w}} | " +
-          ' | '.join(f'{n:>{w}}' for n, w in zip(names, widths)) + ' |')
-  rule = '|' + '---|' * (len(names) + 1)
-  row_is = ('the model trained on that task alone (the diagonal is the '
-            'per-task bound)' if results.get('per_task_bound')
-            else 'after training task')
-  lines = [f"Accuracy (%) of method '{results['method']}' on "
-           f"{results['benchmark']}: row = {row_is}, column = "
-           'evaluated task', '', head, rule]
-  for label, row in rows:
-    lines.append(f'| {label:<{label_w}} | ' + ' | '.join(
-        f'{_fmt(v):>{w}}' for v, w in zip(row, widths)) + ' |')
-  s = results['summary']
-  lines += ['', '| Transfer | Avg | Last | BWT | Forgetting | ACC | AUC | '
-            'zero-shot |', '|---|---|---|---|---|---|---|---|',
-            f"| {_fmt(s['transfer'])} | {_fmt(s['avg'])} | {_fmt(s['last'])} "
-            f"| {_fmt(s['bwt'])} | {_fmt(s['forgetting'])} | {_fmt(s['acc'])}"
-            f" | {_fmt(s['auc'])} | {_fmt(s.get('zero_shot_mean'))} |"]
-  return '\n'.join(lines)
-
-
-# Files a run writes, in the order the final summary and the README list them.
-OUTPUTS = (
-    ('report.html', 'one page with every table and plot (open in a browser)'),
-    ('results.json', 'matrices, metrics, loss curves, config, versions'),
-    ('results.md', 'the table printed above'),
-    ('accuracy_matrix.png', 'heatmap of the accuracy matrix'),
-    ('accuracy_over_time.png', 'per-task accuracy after each task'),
-    ('loss_terms.png', 'each loss term over the steps of every task'),
-    ('tensorboard', 'scalars: tensorboard --logdir <this>'),
-)
-
-
-def final_summary(results: dict, workdir: str) -> str:
-  """The block a run ends with: the headline metrics and where the outputs
-  are (only the files that exist)."""
-  s = results['summary']
-  metrics_line = '  '.join(
-      f'{label} {_fmt(s.get(key)).strip()}' for key, label in (
-          ('transfer', 'Transfer'), ('avg', 'Avg'), ('last', 'Last'),
-          ('bwt', 'BWT'), ('forgetting', 'Forgetting'), ('acc', 'ACC'),
-          ('auc', 'AUC'), ('zero_shot_mean', 'zero-shot')))
-  wall = results.get('wall_time_s')
-  head = (f"== {results['method']} on {results['benchmark']} "
-          f"({len(results['tasks'])} tasks"
-          f"{'' if wall is None else f', {wall:.0f} s'}) ==")
-  lines = [head, f'{metrics_line}  (%)']
-  lines += learned.summary_lines(results.get('not_learned'))
-  lines.append(f'outputs in {workdir}:')
-  for name, what in OUTPUTS:
-    if os.path.exists(os.path.join(workdir, name)):
-      lines.append(f'  {name:<24} {what}')
-  return '\n'.join(lines)
+from mgtil_jax.reporting.tables import _fmt
 
 
 def error_interval(row: dict, metric: str):
@@ -478,13 +275,11 @@ RUN_FIGURES = (('accuracy_matrix.png', plot_accuracy_matrix),
 
 
 def write_figures(workdir: str, results: dict) -> dict:
-  """Every figure of a run as a PNG in `workdir`, and `report.html` with the
-  tables and the same figures inline. Returns {file name: Figure}."""
-  from mgtil_jax import html_report  # pylint: disable=g-import-not-at-top
+  """Every figure of a run as a PNG in `workdir`; returns {file name:
+  Figure} (outputs.write_run puts the same figures in report.html)."""
   figures = {}
   for name, plot_fn in RUN_FIGURES:
     fig = plot_fn(results, os.path.join(workdir, name))
     if fig is not None:
       figures[name] = fig
-  html_report.write_run(workdir, results, figures)
   return figures

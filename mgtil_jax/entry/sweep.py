@@ -17,7 +17,9 @@ import ast
 import json
 import os
 
-from mgtil_jax import compare, hosts, report
+from mgtil_jax.entry import compare
+from mgtil_jax.core import hosts
+from mgtil_jax.reporting import outputs
 
 
 def parse_sweep(spec: str, config) -> tuple[str, list]:
@@ -56,7 +58,7 @@ def _set(config, field: str, value):
 
 
 def sweep(config, workdir: str, spec: str) -> dict:
-  from mgtil_jax import train  # pylint: disable=g-import-not-at-top
+  from mgtil_jax import entry  # pylint: disable=g-import-not-at-top
   field, values = parse_sweep(spec, config)
   os.makedirs(workdir, exist_ok=True)
   rows = {}
@@ -73,7 +75,7 @@ def sweep(config, workdir: str, spec: str) -> dict:
       cfg.cache_dir = cfg.cache_dir or os.path.join(os.path.abspath(workdir),
                                                     'cache')
       print(f'\n=== {field} = {value} ===')
-      results = train.run(cfg, out)
+      results = entry.run(cfg, out)  # validated, then run
     rows[name] = {'value': value, 'summary': results['summary'],
                   'wall_time_s': results.get('wall_time_s'),
                   'last_row': results['accuracy_matrix'][-1]}
@@ -99,7 +101,7 @@ def write(workdir: str, table: dict):
     return
   path = os.path.join(workdir, 'sweep.json')
   with open(path + '.tmp', 'w') as f:
-    json.dump(table, f, indent=1, default=report._json_default)  # pylint: disable=protected-access
+    json.dump(table, f, indent=1, default=outputs._json_default)  # pylint: disable=protected-access
   os.replace(path + '.tmp', path)
   with open(os.path.join(workdir, 'sweep.md'), 'w') as f:
     f.write(format_table(table) + '\n')

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mgtil_jax import tokenizer as tokenizer_lib
+from mgtil_jax.models import tokenizer as tokenizer_lib
 from mgtil_jax.data import tasks as tasks_lib
 
 # Keeps reference-batch shuffles independent of task-batch shuffles.

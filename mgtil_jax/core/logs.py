@@ -28,6 +28,10 @@ import re
 import sys
 import tempfile
 
+import jax
+import numpy as np
+from tqdm import tqdm
+
 # Loggers of libraries that report routine progress at INFO or DEBUG.
 NOISY = ('bm25s', 'absl', 'orbax', 'scann', 'tensorflow',
          'tensorflow_datasets', 'array_record', 'grain', 'PIL', 'matplotlib',
@@ -106,3 +110,24 @@ def quiet_native_stderr():
       if kept:
         sys.stderr.write(''.join(kept))
         sys.stderr.flush()
+
+
+# ------------------------------------------ progress bars and scalars --
+
+
+def progress(iterable, **kwargs):
+  """tqdm on process 0 only."""
+  return tqdm(iterable, disable=jax.process_index() != 0, dynamic_ncols=True,
+              **kwargs)
+
+
+def summary_writer(workdir: str):
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  return SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+
+def scalars(writer, prefix: str, values: dict, step: int):
+  if writer is None:
+    return
+  for k, v in values.items():
+    writer.add_scalar(f'{prefix}/{k}', float(np.asarray(v)), step)

@@ -20,8 +20,9 @@ class UserFileError(UserError, FileNotFoundError):
 # Folders whose own `raise`s are messages written for the user: a
 # ValueError / OSError raised there (not deep inside numpy, jax or orbax)
 # names the field or file it is about.
-_OWN = tuple(os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), d) + os.sep for d in ('mgtil_jax', 'configs'))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))  # mgtil_jax/core/errors.py -> the repo
+_OWN = tuple(os.path.join(_REPO, d) + os.sep for d in ('mgtil_jax', 'configs'))
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -1,0 +1,139 @@
+"""Rebuilds every results table of benchmarks/RESULTS.md from the committed
+runs under benchmarks/results/ (issue 23.6).
+
+  python benchmarks/tables.py           # rewrite the tables in RESULTS.md
+  python benchmarks/tables.py --check   # exit 1 if RESULTS.md differs
+
+Layout: benchmarks/results/<table>/table.json says the table's title, the
+command that made its runs and the commit they ran at; each row is a folder
+<table>/<row>/ holding one seed_<s>.json.gz per seed: a run's results.json,
+gzipped, with its train curves dropped (they stay in the run's workdir).
+A table sits in RESULTS.md between `<!-- table:<table> -->` and
+`<!-- /table:<table> -->`; everything else there is prose.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from mgtil_jax.core import stats  # pylint: disable=wrong-import-position
+from mgtil_jax.reporting import comparison  # pylint: disable=wrong-import-position
+
+RESULTS_DIR = os.path.join(ROOT, 'benchmarks', 'results')
+RESULTS_MD = os.path.join(ROOT, 'benchmarks', 'RESULTS.md')
+METRICS = (('transfer', 'Transfer'), ('avg', 'Avg'), ('last', 'Last'),
+           ('bwt', 'BWT'), ('zero_shot_mean', 'zero-shot'))
+
+
+def save_run(results: dict, table: str, row: str) -> str:
+  """Stores a finished run's results.json as <table>/<row>/seed_<s>.json.gz
+  (without its train curves); returns the path."""
+  slim = {k: v for k, v in results.items() if k != 'train_curves'}
+  folder = os.path.join(RESULTS_DIR, table, row)
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"seed_{results['config']['seed']}.json.gz")
+  with gzip.open(path, 'wt', encoding='utf-8') as f:
+    json.dump(slim, f, indent=0, sort_keys=True)
+  return path
+
+
+def load_table(table: str) -> tuple[dict, dict]:
+  """(table.json, {row: {seed: results}}), rows in table.json's order."""
+  folder = os.path.join(RESULTS_DIR, table)
+  with open(os.path.join(folder, 'table.json')) as f:
+    meta = json.load(f)
+  rows = {}
+  for row in meta['rows']:
+    runs = {}
+    for name in sorted(os.listdir(os.path.join(folder, row))):
+      m = re.fullmatch(r'seed_(\d+)\.json\.gz', name)
+      if m:
+        with gzip.open(os.path.join(folder, row, name), 'rt') as f:
+          runs[int(m.group(1))] = json.load(f)
+    rows[row] = runs
+  return meta, rows
+
+
+def _cell(row: dict, key: str) -> str:
+  mean = row['summary'].get(key)
+  if mean is None:
+    return '-'
+  std = row['summary_std'].get(key)
+  ci = row['ci'].get(key)
+  text = f'{100 * mean:.1f}'
+  if std is not None:
+    text += f' ± {100 * std:.1f}'
+  if ci is not None:
+    text += f' [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]'
+  return text
+
+
+def render(table: str) -> str:
+  """The Markdown of one table: command and commit, then one line per row
+  (mean ± std over seeds, and the 95 % t-interval from 3 seeds up)."""
+  meta, rows = load_table(table)
+  lines = [f"**{meta['title']}**", '',
+           f"Command: `{meta['command']}`; commit `{meta['commit']}`. "
+           'Accuracy in %, mean ± std over seeds [95 % t-interval of the '
+           f'mean, from {stats.MIN_SEEDS} seeds up].', '',
+           '| row | seeds | ' + ' | '.join(l for _, l in METRICS) +
+           ' | time (s) |',
+           '|---|---|' + '---|' * len(METRICS) + '---|']
+  for name, runs in rows.items():
+    agg = comparison.aggregate(runs)
+    zs = stats.describe([r['summary'].get('zero_shot_mean')
+                         for r in runs.values()])
+    agg['summary']['zero_shot_mean'] = zs['mean']
+    agg['summary_std']['zero_shot_mean'] = zs['std']
+    agg['ci']['zero_shot_mean'] = zs['ci']
+    wall = agg.get('wall_time_s')
+    lines.append(f"| {name} | {len(runs)} | " +
+                 ' | '.join(_cell(agg, k) for k, _ in METRICS) +
+                 f" | {'-' if wall is None else f'{wall:.0f}'} |")
+  return '\n'.join(lines)
+
+
+def tables() -> list[str]:
+  if not os.path.isdir(RESULTS_DIR):
+    return []
+  return sorted(d for d in os.listdir(RESULTS_DIR)
+                if os.path.isfile(os.path.join(RESULTS_DIR, d, 'table.json')))
+
+
+def rebuilt(text: str) -> str:
+  """RESULTS.md's text with every table block replaced by its rebuild."""
+  for table in tables():
+    pattern = re.compile(rf'(<!-- table:{re.escape(table)} -->\n)(?:.*?\n)?'
+                         rf'(<!-- /table:{re.escape(table)} -->)', re.S)
+    if not pattern.search(text):
+      raise SystemExit(f'{RESULTS_MD}: no <!-- table:{table} --> block')
+    text = pattern.sub(
+        lambda m: m.group(1) + render(table) + '\n' + m.group(2), text)
+  return text
+
+
+def main(argv) -> int:
+  with open(RESULTS_MD, encoding='utf-8') as f:
+    text = f.read()
+  new = rebuilt(text)
+  if '--check' in argv:
+    if new != text:
+      print(f'{RESULTS_MD}: tables differ from benchmarks/results/; run '
+            'python benchmarks/tables.py')
+      return 1
+    return 0
+  with open(RESULTS_MD, 'w', encoding='utf-8') as f:
+    f.write(new)
+  print(f'rebuilt {len(tables())} tables in {RESULTS_MD}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))

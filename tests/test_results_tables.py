@@ -1,0 +1,47 @@
+"""The tables of benchmarks/RESULTS.md are what benchmarks/tables.py
+rebuilds from the committed runs under benchmarks/results/ (issue 23.6):
+a table edited by hand, or a run added without rebuilding, fails here."""
+
+import gzip
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'benchmarks'))
+import tables  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_results_md_tables_match_the_committed_runs():
+  with open(tables.RESULTS_MD, encoding='utf-8') as f:
+    text = f.read()
+  assert tables.tables(), 'no committed results under benchmarks/results/'
+  assert tables.rebuilt(text) == text, (
+      'RESULTS.md tables differ from benchmarks/results/: run '
+      'python benchmarks/tables.py')
+
+
+def test_a_rebuilt_row_is_the_mean_of_its_runs():
+  # Reference: NumPy over the stored matrices' last rows, per table row.
+  for table in tables.tables():
+    _, rows = tables.load_table(table)
+    text = tables.render(table)
+    for name, runs in rows.items():
+      lasts = [np.mean(r['accuracy_matrix'][-1]) for r in runs.values()]
+      assert f'| {name} | {len(runs)} |' in text
+      line = next(l for l in text.splitlines()
+                  if l.startswith(f'| {name} |'))
+      assert f'{100 * np.mean(lasts):.1f}' in line.split('|')[5]
+
+
+def test_save_run_round_trip(tmp_path, monkeypatch):
+  monkeypatch.setattr(tables, 'RESULTS_DIR', str(tmp_path))
+  res = {'config': {'seed': 7}, 'summary': {'last': 0.5},
+         'accuracy_matrix': [[0.5]], 'train_curves': [{'loss': [1, 2]}]}
+  path = tables.save_run(res, 't', 'ft')
+  with gzip.open(path, 'rt') as f:
+    back = json.load(f)
+  assert os.path.basename(path) == 'seed_7.json.gz'
+  assert 'train_curves' not in back and back['summary'] == res['summary']
