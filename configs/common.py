@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import ast
+import re
 
 import ml_collections
 
 from configs import retrieval
+
+
+# One `key=value` of a config argument: commas inside '...' or "..." are
+# part of the value.
+_ITEM = re.compile(r"""(?:[^,'"]|'[^']*'|"[^"]*")+""")
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -14,10 +20,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
   Values are parsed as Python literals where possible (ints, floats, bools)
   and kept as strings otherwise; a bare `flag` means `flag=True`. Unknown
-  keys are an error that names them.
+  keys are an error that names them. A value holding commas is quoted:
+  `corpus='/data/a,b.jsonl'` (in a shell, inside double quotes:
+  --config="configs/x.py:corpus='/data/a,b.jsonl'").
   """
   out = dict(defaults)
-  for item in filter(None, (arg or '').split(',')):
+  arg = arg or ''
+  if arg.count("'") % 2 or arg.count('"') % 2:
+    raise ValueError(f'config argument: unbalanced quote in {arg!r}')
+  for item in filter(None, _ITEM.findall(arg)):
     key, _, value = item.partition('=')
     key = key.strip()
     if key not in defaults:

@@ -217,6 +217,20 @@ def test_configs_take_corpus_and_pool(tmp_path, monkeypatch):
     assert c.retrieval.corpus.sources[0]['paths'] == str(tmp_path)
 
 
+def test_a_quoted_corpus_path_may_hold_commas(tmp_path):
+  # Issue 25: `,` separates config arguments; a quoted value keeps its own.
+  from configs import medmnist
+  folder = tmp_path / 'pmc,2024'
+  folder.mkdir()
+  (folder / 'c.jsonl').write_text('{"image": "a.png", "caption": "x"}\n')
+  c = medmnist.get_config(
+      f"root={tmp_path},flags=breastmnist,corpus='{folder}',method=zscl")
+  assert c.retrieval.corpus.sources[0]['paths'] == str(folder)
+  assert c.method == 'zscl'  # the arguments after the quoted one still parse
+  with pytest.raises(ValueError, match='unbalanced quote'):
+    medmnist.get_config(f"root={tmp_path},corpus='{folder}")
+
+
 def _config(tmp_path, arg):
   from configs import medmnist
   return medmnist.get_config(f'root={tmp_path},flags=breastmnist,{arg}')
