@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 import jax
 import numpy as np
@@ -44,6 +45,23 @@ def _below_warning(record: logging.LogRecord) -> bool:
   return record.levelno >= logging.WARNING
 
 
+# Third-party WARNINGs about the project's own caches, not the user's input:
+# tfds' "Variant folder .../1.0.0 has no dataset_info.json" while a dataset
+# is first built.
+_CACHE_CHATTER = ('has no dataset_info.json',)
+
+
+def _not_cache_chatter(record: logging.LogRecord) -> bool:
+  return not any(s in record.getMessage() for s in _CACHE_CHATTER)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+  """Python's warning format without the echo of the source line."""
+  del filename, lineno, line
+  return f'{category.__name__}: {message}\n'
+
+
+
 def setup(verbose: bool = False):
   """Call once, first thing in a process (launch.py does)."""
   global _verbose
@@ -56,6 +74,10 @@ def setup(verbose: bool = False):
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   absl_logging.set_verbosity(absl_logging.WARNING)
+  warnings.formatwarning = _one_line_warning
+  absl_logger = logging.getLogger('absl')
+  if _not_cache_chatter not in absl_logger.filters:
+    absl_logger.addFilter(_not_cache_chatter)
   for name in NOISY:
     logger = logging.getLogger(name)
     logger.setLevel(logging.WARNING)

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from mgtil_jax.core import caches
+from mgtil_jax.core import logs
 from mgtil_jax.data import tasks as tasks_lib
 from mgtil_jax.data.sources import base
 
@@ -257,8 +258,6 @@ def _quiet(fn):
   object ('Using custom data configuration'), which is how every dataset
   here is made, and prints 'Downloading and preparing dataset' even when
   the source files are local (mgtil_jax/core/logs.py)."""
-  from mgtil_jax.core import logs  # pylint: disable=g-import-not-at-top
-
   @functools.wraps(fn)
   def call(*args, **kwargs):
     if logs.is_verbose():
@@ -266,6 +265,7 @@ def _quiet(fn):
     absl_logger = logging.getLogger('absl')
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)
+    _tfds().disable_progress_bar()  # the project's bar stands for the build
     try:
       with logs.quiet_stdout():
         return fn(*args, **kwargs)
@@ -331,7 +331,10 @@ def _build_locked(source, root, *, data_dir, image_size, seed, test_fraction,
                 reason)
     shutil.rmtree(builder.data_dir)
     builder = make()
-  _quiet(builder.download_and_prepare)()
+  with logs.progress(None, total=1, desc=f'build dataset {source.name}',
+                     leave=False) as bar:
+    _quiet(builder.download_and_prepare)()
+    bar.update(1)
   return builder
 
 
