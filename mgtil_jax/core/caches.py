@@ -20,14 +20,20 @@ log = logging.getLogger(__name__)
 def cache_lock(entry: str):
   """Holds the lock of cache `entry` (a file or folder path) for the block;
   re-entrant within a process."""
-  os.makedirs(os.path.dirname(os.path.abspath(entry)) or '.', exist_ok=True)
   lock = filelock.FileLock(os.path.abspath(entry) + '.lock')
   try:
+    os.makedirs(os.path.dirname(os.path.abspath(entry)), exist_ok=True)
     lock.acquire(timeout=0)
   except filelock.Timeout:
     log.warning('cache %s is being built by another run; waiting for it',
                 entry)
     lock.acquire()
+  except OSError:
+    # A read-only cache (a shared, finished one): nothing will be written
+    # there, so reading it needs no lock; a build would fail on its own
+    # write, naming the file.
+    yield
+    return
   try:
     yield
   finally:
