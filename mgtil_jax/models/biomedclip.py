@@ -117,9 +117,13 @@ class Checkpoint:
 def _read_json(path: str) -> dict:
   try:
     with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path}: not valid JSON ({e})') from None
+      out = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f'{path}: not valid JSON, or not UTF-8 ({e})') from None
+  if not isinstance(out, dict):
+    raise ValueError(f'{path}: expected a JSON object, got a '
+                     f'{type(out).__name__}')
+  return out
 
 
 def _require(cond: bool, path: str, field: str, expected: str, got):

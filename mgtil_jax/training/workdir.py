@@ -94,6 +94,8 @@ def check_fingerprint(config, workdir: str, write: bool = True):
     try:
       with open(path) as f:
         old = json.load(f)
+      if not isinstance(old, dict):
+        raise ValueError(f'expected a JSON object, got a {type(old).__name__}')
     except (OSError, ValueError) as e:
       raise UserError(f'{path}: unreadable config record ({e}); delete it to '
                       'accept the current config for this workdir') from e
