@@ -29,6 +29,8 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
+from mgtil_jax.core import errors
+
 # torch storage class name -> NumPy dtype of its elements.
 _STORAGE_DTYPES = {
     'DoubleStorage': np.float64, 'FloatStorage': np.float32,
@@ -50,7 +52,7 @@ def convert_command(path: str) -> str:
       f'{out!r})"')
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(pickle.UnpicklingError, errors.UserError):
   """The pickle names something other than tensors, storages and dicts."""
 
 
