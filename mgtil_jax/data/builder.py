@@ -297,8 +297,10 @@ def build(source: base.Source, root: str, *, data_dir: str, image_size: int,
   """
   folder = os.path.join(data_dir, BUILDER_NAME, config_name(
       source.name, image_size, seed, test_fraction))
-  # Two runs building one dataset build it once (core/caches.py).
-  with caches.cache_lock(folder):
+  # Two runs building one dataset build it once (core/caches.py); the lock
+  # lives outside tfds' own folders, which list their dataset folders.
+  with caches.cache_lock(os.path.join(data_dir, '.locks', os.path.basename(
+      folder))):
     return _build_locked(source, root, data_dir=data_dir,
                          image_size=image_size, seed=seed,
                          test_fraction=test_fraction, num_threads=num_threads,
