@@ -130,14 +130,16 @@ def load_config(config_args):
 
 
 def _root_message(error: BaseException) -> BaseException:
-  """The innermost cause whose message is not itself a traceback."""
+  """The innermost cause whose message is not itself a traceback (a
+  `raise ... from None` ends the chain: its message already says it)."""
   best = error
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if str(error) and 'Traceback (most recent call last)' not in str(error):
       best = error
-    error = error.__cause__ or error.__context__
+    error = error.__cause__ or (None if error.__suppress_context__ else
+                                error.__context__)
   return best
 
 

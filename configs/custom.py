@@ -61,6 +61,7 @@ import json
 import os
 
 from configs import common, retrieval, source_data
+from mgtil_jax.core import errors
 
 TABLE_KINDS = ('folder', 'csv', 'json')
 
@@ -71,8 +72,11 @@ def _load_tasks_file(path: str):
   if not os.path.isfile(path):
     raise FileNotFoundError(f'tasks_file: {path} not found (expected a JSON '
                             'or YAML task list, see configs/custom.py)')
-  with open(path, encoding='utf-8') as f:
-    text = f.read()
+  try:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+  except UnicodeDecodeError as e:
+    raise errors.not_utf8(f'tasks_file: {path}', e) from None
   try:
     if path.lower().endswith(('.yaml', '.yml')):
       import yaml  # pylint: disable=g-import-not-at-top

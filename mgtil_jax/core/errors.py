@@ -25,6 +25,15 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 _OWN = tuple(os.path.join(_REPO, d) + os.sep for d in ('mgtil_jax', 'configs'))
 
 
+def not_utf8(path, error: UnicodeDecodeError) -> UserError:
+  """The one line for a text file (a table, a list) that is not UTF-8."""
+  bom = error.object[:2] in (b'\xff\xfe', b'\xfe\xff')
+  return UserError(
+      f'{path}: not UTF-8 text ({error.reason}'
+      f'{"; it starts with a UTF-16 byte-order mark" if bom else ""}); '
+      'expected UTF-8: save it again as UTF-8')
+
+
 def is_user_error(error: BaseException) -> bool:
   """A UserError, or a ValueError / OSError raised by this package's own
   code (its innermost frame is in mgtil_jax/ or configs/)."""

@@ -34,6 +34,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from mgtil_jax.core import errors
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -156,6 +158,13 @@ def _read_file(path: str) -> bytes | None:
 
 def _table_rows(path: str):
   """(row number, dict) of a JSONL / JSON-array / CSV / TSV file."""
+  try:
+    yield from _utf8_table_rows(path)
+  except UnicodeDecodeError as e:
+    raise errors.not_utf8(path, e) from None
+
+
+def _utf8_table_rows(path: str):
   lower = path.lower()
   if lower.endswith(('.csv', '.tsv')):
     with open(path, newline='', encoding='utf-8') as f:

@@ -34,6 +34,7 @@ import os
 
 import numpy as np
 
+from mgtil_jax.core import errors
 from mgtil_jax.data.sources.base import Example, LayoutError, Source
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.gif',
@@ -141,10 +142,8 @@ def image_folder_source(name: str, root: str, *, domain: str = 'custom',
 # ------------------------------------------------------------------ tables --
 
 
-def _read_rows(path: str) -> tuple[list[dict], list | None]:
-  """Rows (dicts with path, label[, split]) and the class list in the file."""
-  if not os.path.isfile(path):
-    raise LayoutError(f'label table {path!r} does not exist')
+def _parse_table(path: str):
+  """(rows, classes or None, where(i)) of a JSON or CSV label table."""
   if path.lower().endswith('.json'):
     with open(path, encoding='utf-8') as f:
       try:
@@ -170,6 +169,17 @@ def _read_rows(path: str) -> tuple[list[dict], list | None]:
       rows = list(reader)
     classes = None
     where = lambda i: f'{path}: row {i + 2}'  # the header is line 1
+  return rows, classes, where
+
+
+def _read_rows(path: str) -> tuple[list[dict], list | None]:
+  """Rows (dicts with path, label[, split]) and the class list in the file."""
+  if not os.path.isfile(path):
+    raise LayoutError(f'label table {path!r} does not exist')
+  try:
+    rows, classes, where = _parse_table(path)
+  except UnicodeDecodeError as e:
+    raise errors.not_utf8(path, e) from None
   for i, row in enumerate(rows):
     if not isinstance(row, dict) or not row.get('path') or (
         row.get('label') in (None, '')):
