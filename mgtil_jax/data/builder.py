@@ -83,6 +83,9 @@ def to_rgb(image, size: int, key: str = '') -> np.ndarray:
     raise
   except (OSError, SyntaxError) as e:  # PIL's UnidentifiedImageError is OSError
     raise ValueError(f'example {key!r}: cannot decode the image ({e})') from e
+  except Image.DecompressionBombError as e:  # more pixels than PIL will decode
+    raise ValueError(f'example {key!r}: image refused as too large to decode '
+                     f'({e})') from None
   if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
     # 12/16-bit radiographs: stretch the stored range, as a viewer would.
     a = np.asarray(img, np.float64)

@@ -26,9 +26,11 @@ import os
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 
 import numpy as np
 
+from mgtil_jax.core import errors
 from mgtil_jax.data.sources.base import (Example, LayoutError, Source,
                                          register)
 
@@ -234,12 +236,29 @@ def _labels(raw: np.ndarray, flag: str, path: str, split: str):
   return raw.astype(np.int64), np.ones(len(raw), bool)
 
 
+def _open_npz(path: str):
+  """np.load of an .npz archive, or one line naming the file."""
+  try:
+    f = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    # numpy says "pickled (object) data" of any file that is neither a zip
+    # nor an .npy: not the user's problem, which is that it is no .npz.
+    why = '' if 'pickled' in str(e) else f': {e}'
+    raise errors.UserError(f'{path}: not a readable .npz archive (a zip of '
+                           f'.npy arrays, as MedMNIST distributes them){why}'
+                           ) from None
+  if not isinstance(f, np.lib.npyio.NpzFile):
+    raise errors.UserError(f'{path}: holds a single .npy array, not an .npz '
+                           'archive of {train,val,test}_images/_labels')
+  return f
+
+
 def read(root: str, flag: str, size: int) -> dict:
   """{'train', 'val', 'test': [Example(uint8 image, label, key)]}."""
   path = find_file(root, flag, size)
   check_md5(path, flag, size)
   out = {}
-  with np.load(path, allow_pickle=False) as f:
+  with _open_npz(path) as f:
     for split in ('train', 'val', 'test'):
       if f'{split}_images' not in f.files or f'{split}_labels' not in f.files:
         raise ValueError(f'{path}: missing {split}_images/{split}_labels '
