@@ -339,6 +339,12 @@ def read_webdataset(spec: dict) -> Iterator[Entry | Skip]:
           parts[ext.lower()] = tar.extractfile(member).read()
       except (tarfile.TarError, OSError) as e:  # truncated shard
         yield Skip('truncated_shard', f'{tar_path}: {e}')
+      else:
+        # tarfile ends quietly at a cut header: a whole shard ends with a
+        # zero block, the one header read past its last member.
+        if tar.fileobj.tell() - tar.offset < tarfile.BLOCKSIZE:
+          yield Skip('truncated_shard', f'{tar_path}: ends inside a member '
+                     'header or without the end-of-archive blocks')
     if key is not None and parts:
       yield flush(key, parts, tar_path)
 
@@ -678,6 +684,19 @@ class StringColumn:
     return [self[int(i)] for i in rows]
 
 
+def _given(spec: dict | None) -> str:
+  """What the user named for the sources of an ingestion's `spec`:
+  'corpus=<path>', else each source's kind and paths."""
+  names = []
+  for source in (spec or {}).get('sources', ()):
+    paths = source.get('paths') or ''
+    if source.get('arg'):
+      names.append(f"{source['arg']}={paths}")
+    else:
+      names.append(f"{source.get('kind')} {paths}".strip())
+  return ' + '.join(names)
+
+
 def ingest(entries: Iterable[Entry | Skip], out_dir: str, *,
            shard_size: int = 20000, check_images: bool = True,
            spec: dict | None = None, progress: bool = False) -> dict:
@@ -773,9 +792,11 @@ def ingest(entries: Iterable[Entry | Skip], out_dir: str, *,
   ids.close()
   if not counts['written']:
     shutil.rmtree(tmp)
-    raise ValueError(f'retrieval corpus: no entry could be ingested into '
-                     f'{out_dir} (read {counts["read"]}, skipped {skipped}, '
-                     f'corrupt {counts["corrupt_image"]})')
+    first = next((f'; e.g. {k} at {v[0]}' for k, v in examples.items()), '')
+    raise ValueError(f'retrieval corpus: no entry could be ingested from '
+                     f'{_given(spec) or out_dir} (read {counts["read"]}, '
+                     f'skipped {skipped}, corrupt {counts["corrupt_image"]}'
+                     f'{first})')
   num = len(shard_paths)
   files = []
   for i, path in enumerate(shard_paths):
