@@ -107,11 +107,22 @@ def check_fingerprint(config, workdir: str, write: bool = True):
           f'--workdir {workdir} was made by a different config ({shown}), '
           'which would change its results: pass a new --workdir to start a '
           f'new run, or delete {workdir} to start over')
-  if write:
+  if write and (not os.path.exists(path) or old != new):
+    # (Unchanged, it is left alone: a re-run refused later, e.g. for an
+    # unreadable checkpoint, leaves the workdir as it was.)
     tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(new, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+      with open(tmp, 'w') as f:
+        json.dump(new, f, indent=1, sort_keys=True)
+      os.replace(tmp, path)
+    except OSError as e:
+      raise _unwritable(workdir, path, e) from None
+
+
+def _unwritable(workdir: str, path: str, error: OSError) -> UserError:
+  # os.write / json.dump raise ENOSPC without a file name.
+  return UserError(f'--workdir {workdir}: cannot write {path} '
+                   f'({error.strerror or error})')
 
 
 def has_progress(workdir: str) -> bool:
@@ -152,10 +163,14 @@ def lock(workdir: str):
     raise UserError(f'--workdir {workdir} is in use by {who}; wait for that '
                     f'run to end or pass another --workdir (lock file '
                     f'{path})') from None
-  os.ftruncate(fd, 0)
-  os.write(fd, json.dumps({
-      'pid': os.getpid(), 'host': socket.gethostname(),
-      'started': time.strftime('%Y-%m-%dT%H:%M:%S')}).encode())
+  try:
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({
+        'pid': os.getpid(), 'host': socket.gethostname(),
+        'started': time.strftime('%Y-%m-%dT%H:%M:%S')}).encode())
+  except OSError as e:
+    os.close(fd)
+    raise _unwritable(workdir, path, e) from None
   _held[workdir] = [fd, 1]
   try:
     yield
