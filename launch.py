@@ -64,9 +64,13 @@ def main(config):
   errors)."""
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTIHOST.value:
+    seconds = _coordinator_timeout_s()
+    if _COORDINATOR.value and _PROCESS_ID.value:  # process 0 is the server
+      _wait_for_coordinator(_COORDINATOR.value, seconds)
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+                               process_id=_PROCESS_ID.value,
+                               initialization_timeout=seconds)
   from mgtil_jax.core import logs  # pylint: disable=g-import-not-at-top
   logs.setup(verbose=_VERBOSE.value)
   # pylint: disable=g-import-not-at-top
@@ -87,6 +91,40 @@ def main(config):
     return compare.main(config, _WORKDIR.value, _COMPARE.value, seeds)
   else:
     train.run(config, _WORKDIR.value)
+
+
+def _coordinator_timeout_s() -> int:
+  """How long a process waits for the coordinator: MGTIL_SYNC_TIMEOUT_S
+  (the processes' barrier timeout, core/hosts.py) where it is set, else
+  jax's default of 300 s."""
+  from mgtil_jax.core import hosts  # pylint: disable=g-import-not-at-top
+  return hosts.timeout_s() if os.environ.get(hosts.TIMEOUT_ENV) else 300
+
+
+def _wait_for_coordinator(address: str, seconds: int):
+  """Returns once the coordinator accepts connections at `address`, else
+  raises one line naming it. (jax.distributed, whose registration times
+  out, aborts the process from C++: no Python error to catch.)"""
+  import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from mgtil_jax.core import errors  # pylint: disable=g-import-not-at-top
+  host, _, port = address.rpartition(':')
+  if not host or not port.isdigit():
+    raise errors.UserError(f'--coordinator_address: expected host:port, got '
+                           f'{address!r}')
+  deadline = time.monotonic() + seconds
+  while True:
+    try:
+      socket.create_connection((host.strip('[]'), int(port)), timeout=5).close()
+      return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise errors.UserError(
+            f'--coordinator_address {address}: no coordinator answered in '
+            f'{seconds} s ({e.strerror or e}); start process 0 '
+            '(--process_id=0) with the same address, or raise '
+            'MGTIL_SYNC_TIMEOUT_S to wait longer') from None
+      time.sleep(1)
 
 
 def _split_config_args(argv):
