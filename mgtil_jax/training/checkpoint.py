@@ -15,13 +15,17 @@ What a killed or broken run can leave behind is handled here:
 * `finish_all()` lets saves still in flight finish (and closes the
   managers) before an error propagates, so the checkpoint is kept and
   orbax's shutdown noise never buries the error;
-* a save no longer fails with "'LazyModule' object is not callable" when
-  another thread imports tensorflow_datasets at the same time
-  (`_guard_byte_logging`).
+* a full disk is one line naming the checkpoint folder, and the failed
+  save's temporary folder is removed;
+* orbax's own failure modes (a save broken by a concurrent tfds import,
+  noise from a failed restore's reads, a full disk logged once per thread)
+  are worked around in `orbax_quirks.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 import re
@@ -36,6 +40,7 @@ import orbax.checkpoint as ocp
 
 from mgtil_jax.core import hosts
 from mgtil_jax.core.errors import UserError
+from mgtil_jax.training import orbax_quirks
 
 log = logging.getLogger(__name__)
 
@@ -45,35 +50,6 @@ _REQUIRED = ('_CHECKPOINT_METADATA', os.path.join('meta', 'metadata'),
              os.path.join('state', '_METADATA'))
 
 _open: 'weakref.WeakSet[Checkpointer]' = weakref.WeakSet()
-
-
-def _naturalsize(value, binary=False, **_):
-  """Bytes as text, importing nothing at call time."""
-  del binary
-  return f'{int(value)} B'
-
-
-def _guard_byte_logging():
-  """Orbax's save threads format byte counts for a debug log line with
-  `humanize.naturalsize`, which runs `from math import log` on every call.
-  etils' `epy.lazy_imports()` (used by tensorflow_datasets while its modules
-  import) swaps `builtins.__import__` for the whole process, so a save
-  overlapping such an import, e.g. the retrieval corpus reader importing
-  tfds while the step-0 checkpoint is written, got a LazyModule for `log`
-  and the save failed: "TypeError: 'LazyModule' object is not callable"
-  (tests/test_checkpoint_recovery.py reproduces it). The log line only
-  needs the number, so orbax's limiter gets a formatter that imports
-  nothing; if orbax moves the module, nothing is changed."""
-  try:
-    from orbax.checkpoint._src.serialization import limits  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return
-  if hasattr(limits, 'humanize'):
-    limits.humanize = type('humanize', (), {
-        'naturalsize': staticmethod(_naturalsize)})
-
-
-_guard_byte_logging()
 
 
 class DivergedError(UserError):
@@ -131,6 +107,19 @@ def check_finite(metrics: dict, where: str):
         '(config.train.lr) and start a new --workdir')
 
 
+def _why(error: BaseException) -> str:
+  """'Type: first line' of the innermost cause of a failed restore: orbax
+  wraps tensorstore's error ('FAILED_PRECONDITION: Error reading "<array>"
+  in OCDBT database at local file ...') in one that quotes the repr of a
+  pybind11 bound method."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error).split(' See full TensorStore details')[0]
+  first = text.splitlines()[0] if text.strip() else ''
+  return f'{type(error).__name__}: ' + (
+      first if len(first) <= 300 else first[:300] + '...')
+
+
 class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 2):
@@ -146,6 +135,14 @@ class Checkpointer:
         preservation_policy=ocp.checkpoint_managers.LatestN(keep),
         cleanup_tmp_directories=True, create=True)
     self._mgr = ocp.CheckpointManager(directory, options=options)
+    # orbax removes earlier runs' temporary folders in a thread it joins
+    # only at the first save: a run refused before that (a bad checkpoint
+    # to initialise from) left it running into interpreter shutdown, which
+    # printed "cannot schedule new futures after interpreter shutdown" with
+    # a traceback after the error line. Listing a folder: wait for it now.
+    cleanup = getattr(self._mgr, '_maybe_await_cleanup_tmp_directory', None)
+    if cleanup is not None:
+      cleanup()
     self._closed = False
     _open.add(self)
 
@@ -164,9 +161,30 @@ class Checkpointer:
           f'(checkpoint step {step}), so it was not saved; the last good '
           f'checkpoint is step {last} in {self.directory}. Lower the '
           'learning rate (config.train.lr) and start a new --workdir')
-    self._mgr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                   force=True)
+    with self._writing():
+      self._mgr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                     force=True)
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """A full disk, met by this save or by an earlier one still in flight,
+    as one line naming the checkpoint folder."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if not orbax_quirks.disk_full(e):
+        raise
+      # The failed save's half-written folder goes now (orbax would remove
+      # it on the next open): what it took is free for the run's last writes.
+      if hosts.is_lead():
+        for tmp in glob.glob(os.path.join(self.directory,
+                                          '*.orbax-checkpoint-tmp*')):
+          shutil.rmtree(tmp, ignore_errors=True)
+      raise UserError(
+          f'{self.directory}: cannot write the checkpoint: No space left on '
+          'device; free some space (or pass a --workdir on a larger disk) '
+          'and run the same command again') from None
 
   def _restore_step(self, step: int, abstract_state):
     restored = self._mgr.restore(step, args=ocp.args.Composite(
@@ -188,8 +206,7 @@ class Checkpointer:
         out = self._restore_step(s, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
         # tensorstore / json / zip errors name no path: record them here.
-        first = str(e).splitlines()[0][:200] if str(e) else ''
-        failures.append((s, f'{type(e).__name__}: {first}'))
+        failures.append((s, _why(e)))
         continue
       if failures:
         self._quarantine([f for f, _ in failures], s)
@@ -211,7 +228,8 @@ class Checkpointer:
     self._mgr.reload()
 
   def wait(self):
-    self._mgr.wait_until_finished()
+    with self._writing():
+      self._mgr.wait_until_finished()
 
   def close(self):
     if self._closed:
@@ -219,7 +237,8 @@ class Checkpointer:
     self._closed = True
     _open.discard(self)
     try:
-      self._mgr.wait_until_finished()
+      with self._writing():
+        self._mgr.wait_until_finished()
     finally:
       self._mgr.close()
 

@@ -42,7 +42,6 @@ def run(config, workdir: str) -> dict:
   wall_start = time.time()
   exp = setup(config, workdir)
   workdir = exp.workdir  # absolute: orbax requires absolute paths
-  writer = logs.summary_writer(workdir) if hosts.is_lead() else None
   cfg, method = exp.config, exp.method
   num_phases, steps = method.phases(len(exp.tasks), cfg.train.steps_per_task)
   evaluate = make_evaluator(exp)
@@ -51,67 +50,91 @@ def run(config, workdir: str) -> dict:
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                keep=cfg.checkpoint.keep)
   opt_init = jax.jit(tx.init, out_shardings=shardings_['opt'])
-  state, meta = _init_or_restore(exp, tx, shardings_, ckpt, evaluate, writer,
-                                 opt_init)
-  prior = meta['elapsed']
-  elapsed = lambda: prior + time.time() - wall_start
+  # The checkpoints are read before the summary writer opens its events
+  # file: a re-run refused for unreadable ones leaves the workdir alone.
+  restored = _restore(exp, tx, shardings_, ckpt)
+  writer = logs.summary_writer(workdir) if hosts.is_lead() else None
+  try:
+    state, meta = restored or _init(exp, ckpt, evaluate, writer, opt_init)
+    prior = meta['elapsed']
+    elapsed = lambda: prior + time.time() - wall_start
 
-  step_fn = steps_lib.make_task_step(exp, tx, shardings_) if method.trains else None
-  for t in range(meta['task'], num_phases):
-    if method.trains:
-      state = train_phase(exp, state, meta, t, steps, step_fn, opt_init,
-                          ckpt, writer, elapsed, num_phases)
-    if method.trains or t == 0:
-      preds = {}
-      acc, auc = evaluate_all(exp, evaluate, state['params'],
-                              f'eval after task {t + 1}', preds)
-      if method.trains:  # the tasks this phase trained: did they learn?
-        trained = [t] if num_phases == len(exp.tasks) else range(len(preds))
-        meta.setdefault('not_learned', []).extend(
-            learned.check_phase(exp.tasks, trained, preds))
-    else:  # no training: the model never changes, every row is the same
-      acc, auc = list(meta['zero_shot']), list(meta['zero_shot_auc'])
-    meta['acc_rows'].append(acc)
-    meta['auc_rows'].append(auc)
-    logs.scalars(writer, f'eval/after_{t + 1}', dict(
-        zip([x.name for x in exp.tasks], acc)), (t + 1) * steps)
-    meta.update(task=t + 1, step=0, elapsed=elapsed())
-    ckpt.save((t + 1) * steps, state, meta)
-  ckpt.close()
+    step_fn = (steps_lib.make_task_step(exp, tx, shardings_)
+               if method.trains else None)
+    for t in range(meta['task'], num_phases):
+      if method.trains:
+        state = train_phase(exp, state, meta, t, steps, step_fn, opt_init,
+                            ckpt, writer, elapsed, num_phases)
+      if method.trains or t == 0:
+        preds = {}
+        acc, auc = evaluate_all(exp, evaluate, state['params'],
+                                f'eval after task {t + 1}', preds)
+        if method.trains:  # the tasks this phase trained: did they learn?
+          trained = [t] if num_phases == len(exp.tasks) else range(len(preds))
+          meta.setdefault('not_learned', []).extend(
+              learned.check_phase(exp.tasks, trained, preds))
+      else:  # no training: the model never changes, every row is the same
+        acc, auc = list(meta['zero_shot']), list(meta['zero_shot_auc'])
+      meta['acc_rows'].append(acc)
+      meta['auc_rows'].append(auc)
+      logs.scalars(writer, f'eval/after_{t + 1}', dict(
+          zip([x.name for x in exp.tasks], acc)), (t + 1) * steps)
+      meta.update(task=t + 1, step=0, elapsed=elapsed())
+      ckpt.save((t + 1) * steps, state, meta)
+    ckpt.close()
 
-  results = results_lib.build_results(exp, meta, wall_time=elapsed())
-  if hosts.is_lead():
-    reporting.write_run(workdir, results)
-    print(reporting.format_table(results))
-    print(reporting.final_summary(results, workdir))
+    results = results_lib.build_results(exp, meta, wall_time=elapsed())
+    if hosts.is_lead():
+      reporting.write_run(workdir, results)
+      print(reporting.format_table(results))
+      print(reporting.final_summary(results, workdir))
+  except BaseException:
+    _abandon(writer)
+    raise
   if writer is not None:
     writer.close()
   _sync('done')
   return results
 
 
-def _init_or_restore(exp, tx, shardings_, ckpt, evaluate, writer, opt_init):
-  """A fresh state (initial params, zero-shot rows, the method's trees) and
-  record, or the latest checkpoint's."""
+def _abandon(writer):
+  """Closes the summary writer of a failed run, so that its last scalars are
+  written before the error line rather than by its exit hook after it; on a
+  full disk they are lost."""
+  if writer is not None:
+    try:
+      writer.close()
+    except OSError as e:
+      log.debug('summary writer not closed: %s', e)
+
+
+def _restore(exp, tx, shardings_, ckpt):
+  """(state, record) of the latest readable checkpoint, or None."""
   latest = ckpt.latest_step()
   if latest is None:
-    params = initial_params(exp, writer)
-    zs_acc, zs_auc = evaluate_all(exp, evaluate, params, 'zero-shot eval')
-    meta = {'task': 0, 'step': 0, 'zero_shot': zs_acc, 'zero_shot_auc': zs_auc,
-            'acc_rows': [], 'auc_rows': [], 'train_curves': [],
-            'elapsed': 0.0, 'reference': []}
-    state = {'params': params, 'opt': opt_init(params),
-             **initial_trees(exp, params)}
-    logs.scalars(writer, 'zero_shot', dict(zip(
-        [t.name for t in exp.tasks], zs_acc)), 0)
-    ckpt.save(0, state, meta)
-    return state, meta
+    return None
   abstract = jax.eval_shape(lambda: _fresh_state(exp, tx, exp.state_trees))
   state, meta = ckpt.restore(latest, ckpt_lib.abstract_like(abstract,
                                                            shardings_))
   # A corrupt latest checkpoint falls back to an earlier one: log its own
   # task and step.
   log.info('resumed at task %d, step %d', meta['task'], meta['step'])
+  return state, meta
+
+
+def _init(exp, ckpt, evaluate, writer, opt_init):
+  """A fresh state (initial params, zero-shot rows, the method's trees) and
+  record, saved as step 0."""
+  params = initial_params(exp, writer)
+  zs_acc, zs_auc = evaluate_all(exp, evaluate, params, 'zero-shot eval')
+  meta = {'task': 0, 'step': 0, 'zero_shot': zs_acc, 'zero_shot_auc': zs_auc,
+          'acc_rows': [], 'auc_rows': [], 'train_curves': [],
+          'elapsed': 0.0, 'reference': []}
+  state = {'params': params, 'opt': opt_init(params),
+           **initial_trees(exp, params)}
+  logs.scalars(writer, 'zero_shot', dict(zip(
+      [t.name for t in exp.tasks], zs_acc)), 0)
+  ckpt.save(0, state, meta)
   return state, meta
 
 
