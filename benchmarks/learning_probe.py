@@ -123,6 +123,10 @@ def main():
                  help='config field=value (repeatable)')
   p.add_argument('--logit_scale', type=float, default=0.0,
                  help='fix exp(logit_scale) for the task training (0 = keep)')
+  p.add_argument('--then', default='',
+                 help='comma-separated task indices trained next (ft, as '
+                 'the continual run would); rows then follow --task while '
+                 'they train: how it is forgotten')
   p.add_argument('--cache_dir', default='/tmp/mgtil_learning_probe')
   p.add_argument('--out', default=os.path.join(
       os.path.dirname(os.path.abspath(__file__)), 'results',
@@ -162,27 +166,38 @@ def main():
 
   rows = []
 
-  def record(s, m=None):
+  def record(s, m=None, stage=None):
     acc, _, preds = evaluate(state['params'], task, args.task)
     cls, img = jax.device_get(embed(state['params'], images))
-    row = dict(step=s, accuracy=float(acc),
+    _, train_img = jax.device_get(embed(state['params'],
+                                        task.train_images[:1024]))
+    centroid = nearest_centroid(np.asarray(train_img),
+                                np.asarray(task.train_labels[:1024]),
+                                np.asarray(img), len(task.class_names))
+    row = dict(step=s, stage=stage or task.name, accuracy=float(acc),
                top_class_share=float(np.bincount(preds).max() / len(preds)),
+               centroid_accuracy=float(np.mean(centroid == labels)),
+               logit_scale=float(np.exp(state['params']['logit_scale'])),
                **embedding_stats(np.asarray(cls), np.asarray(img), labels))
     if m is not None:
       row.update(loss=float(m['loss']), train_accuracy=float(
           m['train_accuracy']))
     rows.append(row)
-    print(f"| {s} | {100 * acc:.1f} | {row['top_class_share']:.2f} | "
+    print(f"| {row['stage']} | {s} | {100 * acc:.1f} | "
+          f"{row['top_class_share']:.2f} | "
+          f"{100 * row['centroid_accuracy']:.1f} | "
           f"{row['class_cos_mean']:.3f} / {row['class_cos_max']:.4f} | "
           f"{row['image_cos_mean']:.3f} | {row['fisher']:.3f} | "
+          f"{row['logit_scale']:.1f} | "
           f"{row.get('loss', float('nan')):.3f} |", flush=True)
 
   majority = np.bincount(task.test_labels).max() / len(task.test_labels)
   print(f'{task.name}: {len(task.train_labels)} training examples, '
         f'majority-class rate {100 * majority:.1f}%')
-  print('| step | test acc | top class share | class-prompt cos mean / max | '
-        'image cos | Fisher ratio | loss |')
-  print('|---|---|---|---|---|---|---|')
+  print('| training | step | test acc | top class share | centroid acc | '
+        'class-prompt cos mean / max | image cos | Fisher ratio | '
+        'logit scale | loss |')
+  print('|---|---|---|---|---|---|---|---|---|---|')
   t0 = time.time()
   record(0)
   every = max(1, args.steps // args.points)
@@ -192,8 +207,24 @@ def main():
       record(s + 1, jax.device_get(m))
   final = diagnose(state['params'], embed, evaluate, task, args.task,
                    len(task.class_names))
+  for later in [int(t) for t in args.then.split(',') if t]:
+    # The next task as ft's continual run trains it: a fresh optimizer
+    # (each task's schedule restarts), its own prompts and batches, while the
+    # rows keep measuring --task.
+    state = {'params': state['params'], 'opt': jax.jit(tx.init)(
+        state['params'])}
+    other = exp.tasks[later]
+    other_prompts = exp.task_prompts(other)
+    other_batches = train.TaskBatches(exp, other, later, 0)
+    for s in range(args.steps):
+      state, m = step(state, next(other_batches), other_prompts)
+      if (s + 1) % every == 0 or s + 1 == args.steps:
+        record(s + 1, jax.device_get(m), stage=other.name)
+  if args.then:
+    final['after'] = diagnose(state['params'], embed, evaluate, task,
+                              args.task, len(task.class_names))
   out = dict(config=args.config, task=task.name, steps=args.steps,
-             sets=args.set, logit_scale=args.logit_scale,
+             sets=args.set, logit_scale=args.logit_scale, then=args.then,
              majority_rate=float(majority), rows=rows, final=final,
              seconds=time.time() - t0)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

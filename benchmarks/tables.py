@@ -8,6 +8,10 @@ Layout: benchmarks/results/<table>/table.json says the table's title, the
 command that made its runs and the commit they ran at; each row is a folder
 <table>/<row>/ holding one seed_<s>.json.gz per seed: a run's results.json,
 gzipped, with its train curves dropped (they stay in the run's workdir).
+table.json may list `diffs`, pairs [A, B] of rows: their paired differences
+A − B (two-way bootstrap over seeds and tasks) and the smallest Last
+difference the seeds can detect (stats.detectable_difference) are printed
+under the table.
 A table sits in RESULTS.md between `<!-- table:<table> -->` and
 `<!-- /table:<table> -->`; everything else there is prose.
 """
@@ -97,7 +101,41 @@ def render(table: str) -> str:
     lines.append(f"| {name} | {len(runs)} | " +
                  ' | '.join(_cell(agg, k) for k, _ in METRICS) +
                  f" | {'-' if wall is None else f'{wall:.0f}'} |")
+  for a, b in meta.get('diffs', []):
+    if a == b or a not in rows or b not in rows:
+      raise SystemExit(f'{table}/table.json: diffs: {a!r} - {b!r} needs two '
+                       f'rows of {list(rows)}')
+  if meta.get('diffs'):
+    lines += ['', 'Paired differences (points; mean [95 % bootstrap CI over '
+              'seeds and tasks, from 3 seeds up]; the last column is the '
+              'smallest true Last difference these seeds detect with 80 % '
+              'power: docs/metrics.md, "Seeds and intervals"):', '',
+              '| A − B | Transfer | Avg | Last | BWT | seeds × tasks | '
+              'Last detectable |', '|---|---|---|---|---|---|---|']
+    lines += [_diff_line(rows, a, b) for a, b in meta['diffs']]
   return '\n'.join(lines)
+
+
+def _diff_line(rows: dict, a: str, b: str) -> str:
+  d = comparison.paired_diffs(rows[a], rows[b])
+  cells = []
+  for key, _ in METRICS[:4]:
+    x = d.get(key)
+    if not x or x['mean'] is None:
+      cells.append('-')
+    elif x['ci'] is None:
+      cells.append(f"{100 * x['mean']:+.1f}")
+    else:
+      cells.append(f"{100 * x['mean']:+.1f} [{100 * x['ci'][0]:+.1f}, "
+                   f"{100 * x['ci'][1]:+.1f}]")
+  last = d.get('last') or {}
+  seeds = [s for s in rows[a] if s in rows[b]]
+  detectable = stats.detectable_difference(
+      [rows[a][s]['summary']['last'] - rows[b][s]['summary']['last']
+       for s in seeds])
+  return (f"| {a} − {b} | {' | '.join(cells)} | "
+          f"{last.get('n_seeds', '-')} × {last.get('n_tasks', '-')} | "
+          f"{'-' if detectable is None else f'{100 * detectable:.1f}'} |")
 
 
 def tables() -> list[str]:

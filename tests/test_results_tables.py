@@ -45,3 +45,27 @@ def test_save_run_round_trip(tmp_path, monkeypatch):
     back = json.load(f)
   assert os.path.basename(path) == 'seed_7.json.gz'
   assert 'train_curves' not in back and back['summary'] == res['summary']
+
+
+def test_paired_difference_line(tmp_path, monkeypatch):
+  # Reference: NumPy mean of the per-seed Last differences (Last = mean of
+  # the final accuracy row), and the seeds x tasks it rests on.
+  monkeypatch.setattr(tables, 'RESULTS_DIR', str(tmp_path))
+  rng = np.random.default_rng(0)
+  lasts = {}
+  for row in ('a', 'b'):
+    for seed in (1, 2, 3, 4):
+      m = np.tril(rng.uniform(0.3, 0.9, (3, 3))).tolist()
+      lasts[row, seed] = float(np.mean(m[-1]))
+      tables.save_run({'config': {'seed': seed}, 'accuracy_matrix': m,
+                       'summary': {'last': lasts[row, seed]}}, 't', row)
+  with open(tmp_path / 't' / 'table.json', 'w') as f:
+    json.dump({'title': 'T', 'command': 'c', 'commit': 'x',
+               'rows': ['a', 'b'], 'diffs': [['a', 'b']]}, f)
+  line = next(l for l in tables.render('t').splitlines()
+              if l.startswith('| a − b |'))
+  want = np.mean([lasts['a', s] - lasts['b', s] for s in (1, 2, 3, 4)])
+  cells = [c.strip() for c in line.split('|')]
+  assert cells[4].startswith(f'{100 * want:+.1f} [')
+  assert cells[6] == '4 × 3'
+  assert float(cells[7]) > 0

@@ -5,6 +5,9 @@
 - `per_task`: each continual metric of `mgtil_jax.criteria.metrics` written as a mean
   over tasks of a per-task value, so that methods can be compared task by
   task.
+- `detectable_difference`: the smallest true paired difference a design of
+  n seeds detects with the given power (a paired t-test's minimum
+  detectable effect, from the spread of the per-seed differences).
 - `paired_bootstrap`: the mean paired difference of two methods (same
   seeds, same tasks) with a percentile bootstrap interval that resamples
   seeds and tasks independently (a two-way bootstrap: both the training
@@ -93,3 +96,20 @@ def paired_bootstrap(a, b, num_samples: int = 2000, confidence: float = 0.95,
   lo, hi = np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2])
   return {'mean': float(d.mean()), 'ci': [float(lo), float(hi)],
           'n_seeds': s, 'n_tasks': t}
+
+
+def detectable_difference(seed_diffs, power: float = 0.8,
+                          alpha: float = 0.05) -> float | None:
+  """The smallest true mean difference that a two-sided paired t-test at
+  level `alpha` over these seeds finds with probability `power`:
+  (t[1 - alpha/2, n-1] + t[power, n-1]) * sd / sqrt(n), sd the sample std
+  of the per-seed differences (the standard approximation of the paired
+  design's minimum detectable effect; docs/metrics.md). None below
+  MIN_SEEDS seeds."""
+  d = np.asarray([v for v in seed_diffs
+                  if v is not None and not math.isnan(v)], np.float64)
+  if d.size < MIN_SEEDS:
+    return None
+  n = d.size
+  t = sp_stats.t.ppf(1 - alpha / 2, n - 1) + sp_stats.t.ppf(power, n - 1)
+  return float(t * d.std(ddof=1) / math.sqrt(n))
