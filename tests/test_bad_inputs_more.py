@@ -742,15 +742,6 @@ def test_checkpoint_missing_in_every_step_refuses(unreadable):
   assert run.after[2] == run.before[2]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'the refused re-run (no readable checkpoint) still rewrites vocab.txt in '
-    'the pre-existing workdir (a new mtime, the same bytes): '
-    'mgtil_jax/training/setup.py build_tokenizer writes it (models/'
-    'tokenizer.py write_vocab, unconditionally) inside setup(), before '
-    'loop.run can read the checkpoints. (config.json and the empty '
-    'tensorboard events file no longer change: check_fingerprint writes the '
-    'record only when it differs, and run opens the summary writer after the '
-    'restore.)'))
 def test_refused_rerun_leaves_the_workdir_as_it_was(unreadable):
   before, after = unreadable.before[0], unreadable.after[0]
   changed = sorted(k for k in set(before) | set(after)

@@ -122,6 +122,13 @@ def write_vocab(words: Iterable[str], path: str) -> str:
   lines = list(SPECIAL_TOKENS) + words
   lines += [c for c in chars if c not in words]
   lines += ['##' + c for c in chars]
+  text = '\n'.join(lines) + '\n'
+  try:  # an existing workdir's vocab stays untouched (not even its mtime)
+    with open(path) as f:
+      if f.read() == text:
+        return path
+  except (OSError, UnicodeDecodeError):
+    pass
   with open(path, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+    f.write(text)
   return path
