@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
       granularity='both',    # KD direction: both | image | text
       teacher='previous',    # previous (paper) | initial | wise (0.5 avg)
       regularizer='',        # PRIMED's: '' = dfg | l2 | ewc | none
+      # ZSCL's weight ensembling on ('on') or off ('off') for zscl, primed
+      # and primed_uni; '' = the method's own (zscl on, PRIMED off): the
+      # recipe-isolation runs of benchmarks/RESULTS.md (issue 23.5).
+      weight_ensemble='',
       dfg_weight=1.0,        # weight of L_DFG (the paper gives none: 1)
       dfg_normalize='mean',  # DFG weights g^2 per tensor: none | mean | max
                              # (docs/methods.md, "DFG normalisation")

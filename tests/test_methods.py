@@ -311,10 +311,26 @@ def test_weight_averaging():
 @pytest.mark.parametrize('field,value', [('regularizer', 'ridge'),
                                          ('teacher', 'oracle'),
                                          ('reference', 'web'),
-                                         ('dfg_normalize', 'sum')])
+                                         ('dfg_normalize', 'sum'),
+                                         ('weight_ensemble', 'yes')])
 def test_bad_method_kwargs_name_the_field(field, value):
   with pytest.raises(ValueError, match=f'config.method_kwargs.{field}'):
     methods.get_method('primed', {field: value})
+
+
+def test_weight_ensemble_switch_isolates_the_recipe():
+  # zscl keeps its ensembling by default, PRIMED has none; the switch adds
+  # or drops exactly that part (the recipe-isolation runs, issue 23.5).
+  def ensembles(name, kw):
+    return sum(isinstance(p, parts.WeightEnsemble)
+               for p in methods.get_method(name, kw).parts)
+  assert ensembles('zscl', {}) == 1
+  assert ensembles('zscl', {'weight_ensemble': 'off'}) == 0
+  assert ensembles('primed', {}) == 0
+  assert ensembles('primed', {'weight_ensemble': 'on'}) == 1
+  assert ensembles('primed_uni', {'weight_ensemble': 'on'}) == 1
+  assert 'ensemble' in methods.state_trees(
+      methods.get_method('primed', {'weight_ensemble': 'on'}), {})
 
 
 def test_state_trees_follow_the_method():

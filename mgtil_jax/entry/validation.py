@@ -138,6 +138,7 @@ FIELDS = {
     'method_kwargs.granularity': one_of('both', 'image', 'text'),
     'method_kwargs.teacher': one_of('previous', 'initial', 'wise'),
     'method_kwargs.regularizer': one_of('', 'dfg', 'l2', 'ewc', 'none'),
+    'method_kwargs.weight_ensemble': one_of('', 'on', 'off'),
     'method_kwargs.dfg_weight': non_negative_float,
     'method_kwargs.reference': one_of('', 'corpus', 'retrieval_dyn',
                                       'retrieval_uni'),

@@ -286,6 +286,14 @@ def check_choice(field: str, value, choices):
   return value
 
 
+def weight_ensemble(kw, default: str) -> list:
+  """[WeightEnsemble()] or [] by method_kwargs.weight_ensemble ('' = the
+  method's `default`, 'on' / 'off')."""
+  on = check_choice('weight_ensemble', kw.get('weight_ensemble', '') or
+                    default, ('on', 'off')) == 'on'
+  return [WeightEnsemble()] if on else []
+
+
 def reference_kind(kw, default: str) -> str:
   return check_choice('reference', kw.get('reference', '') or default,
                       REFERENCES)

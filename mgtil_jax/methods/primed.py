@@ -27,7 +27,8 @@ def build_primed(name, kw, default_reference):
   ref = parts.reference_kind(kw, default_reference)
   return base.Method(name, [
       parts.ReferenceBatches(ref), parts.ReferenceDistill(cmc=True),
-      *regularizer_parts(kw)], reference=ref)
+      *regularizer_parts(kw), *parts.weight_ensemble(kw, 'off')],
+      reference=ref)
 
 
 @registry.register('primed', paper='PRIMED_dyn, Chen et al. 2025: retrieval '

@@ -10,4 +10,4 @@ def build(kw):
   ref = parts.reference_kind(kw, 'corpus')
   return base.Method('zscl', [
       parts.ReferenceBatches(ref), parts.ReferenceDistill(cmc=False),
-      parts.Pull('l2'), parts.WeightEnsemble()], reference=ref)
+      parts.Pull('l2'), *parts.weight_ensemble(kw, 'on')], reference=ref)
