@@ -17,8 +17,8 @@ image features, not by its class prompts.
 
 A task whose class prompts embed alike (cosine -> 1) and whose image
 embeddings collapse together (image cosine -> 1, Fisher ratio falling) has
-taken the shortcut to the class prior (benchmarks/RESULTS.md, "Why tasks
-did not learn"). Prints a table and writes JSON (--out, default
+taken the shortcut to the class prior (benchmarks/RESULTS.md, "Why fine-tuning
+did not learn the shifted tasks"). Prints a table and writes JSON (--out, default
 benchmarks/results/learning_probe.json).
 """
 
