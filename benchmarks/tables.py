@@ -43,8 +43,11 @@ def save_run(results: dict, table: str, row: str) -> str:
   folder = os.path.join(RESULTS_DIR, table, row)
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, f"seed_{results['config']['seed']}.json.gz")
-  with gzip.open(path, 'wt', encoding='utf-8') as f:
-    json.dump(slim, f, indent=0, sort_keys=True)
+  text = json.dumps(slim, indent=0, sort_keys=True).encode('utf-8')
+  # mtime=0: the same run saved again gives the same bytes (a clean diff).
+  with open(path, 'wb') as raw, gzip.GzipFile(fileobj=raw, mode='wb',
+                                              mtime=0) as f:
+    f.write(text)
   return path
 
 
