@@ -10,8 +10,8 @@ cache / workdir of the module's finished run) unchanged: names, sizes and
 mtimes (lock files: names and sizes).
 
 Every case passes (the strict xfails that recorded misbehaviour were
-removed as each was fixed, issue 25). One finished 2-task runlocal run is built per module
-(~40 s): its images mix sizes, channels, bit depths and formats (the loader
+removed as each was fixed, issue 25). One finished 2-task runlocal run is
+built per module (~40 s): its images mix sizes, channels, bit depths and formats (the loader
 resizes them: not an error), and its data and pretraining caches make the
 later cases take seconds (`--config.cache_dir`).
 """
