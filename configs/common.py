@@ -139,6 +139,10 @@ def base_config() -> ml_collections.ConfigDict:
       # "Class balance"): '' none, 'all', or task names joined by '+'.
       class_balance='',
       freeze_logit_scale=True,
+      # Parameters frozen for every method alike: '/'-joined path prefixes,
+      # comma separated ('visual/patch_embed,visual/block0'); '' = none
+      # (docs/methods.md, "Frozen layers").
+      frozen='',
       log_every=10,
   ))
 

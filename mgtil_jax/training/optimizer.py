@@ -10,6 +10,7 @@ import jax
 import optax
 
 from mgtil_jax.training.setup import Experiment
+from mgtil_jax.core import errors
 from mgtil_jax.core import sharding
 from mgtil_jax.models import clip
 
@@ -35,18 +36,63 @@ def make_optimizer(*, lr: float, steps: int, warmup_steps: int,
                                labels)
 
 
+def frozen_prefixes(spec: str) -> tuple[str, ...]:
+  """config.train.frozen ('visual/patch_embed,visual/block0') -> prefixes."""
+  return tuple(p.strip().strip('/') for p in (spec or '').split(',')
+               if p.strip().strip('/'))
+
+
+def freeze_labels(abstract_params, prefixes, labels=None, *,
+                  freeze_logit_scale: bool = True):
+  """A full 'train' / 'frozen' label tree: `labels` (a method's own, else
+  all 'train'), with every leaf whose '/'-joined path starts with one of
+  `prefixes` (whole path components) frozen, and the logit scale frozen
+  when asked. The same leaves are frozen for every method (docs/methods.md,
+  "Frozen layers")."""
+  if labels is None:
+    labels = jax.tree.map(lambda _: 'train', abstract_params)
+  def label(path, own):
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    if freeze_logit_scale and name == 'logit_scale':
+      return 'frozen'
+    if any(name == p or name.startswith(p + '/') for p in prefixes):
+      return 'frozen'
+    return own
+  return jax.tree_util.tree_map_with_path(label, labels)
+
+
+def unmatched_prefixes(abstract_params, prefixes) -> list[str]:
+  """The prefixes of config.train.frozen that name no parameter."""
+  names = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
+  return [p for p in prefixes
+          if not any(n == p or n.startswith(p + '/') for n in names)]
+
+
 def build_optimizer(exp: Experiment, steps: int):
   """The task optimiser: AdamW at config.train.lr, or the method's own lr
-  and trainable-leaf labels (adapters)."""
+  and trainable-leaf labels (adapters); the leaves under config.train.frozen
+  are frozen for every method alike."""
   cfg = exp.config
   abstract = nn.unbox(jax.eval_shape(
       functools.partial(clip.init_params, exp.model), jax.random.key(0)))
   own = exp.method.optimizer(cfg, abstract) or {}
+  labels = own.get('labels')
+  prefixes = frozen_prefixes(cfg.train.get('frozen', ''))
+  if prefixes:
+    missing = unmatched_prefixes(abstract, prefixes)
+    if missing:
+      raise errors.UserError(
+          f'config.train.frozen: {missing[0]!r} names no parameter of the '
+          f'model (expected /-joined paths such as visual/block0 or '
+          f'visual/patch_embed)')
+    labels = freeze_labels(abstract, prefixes, labels,
+                           freeze_logit_scale=cfg.train.freeze_logit_scale)
   return make_optimizer(lr=own.get('lr', cfg.train.lr), steps=steps,
                         warmup_steps=cfg.train.warmup_steps,
                         weight_decay=cfg.train.weight_decay,
                         freeze_logit_scale=cfg.train.freeze_logit_scale,
-                        labels=own.get('labels'))
+                        labels=labels)
 
 
 def state_shardings(exp: Experiment, tx, trees=()):
