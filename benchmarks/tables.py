@@ -9,7 +9,8 @@ command that made its runs and the commit they ran at; each row is a folder
 <table>/<row>/ holding one seed_<s>.json.gz per seed: a run's results.json,
 gzipped, with its train curves dropped (they stay in the run's workdir).
 table.json may list `diffs`, pairs [A, B] of rows: their paired differences
-A − B (two-way bootstrap over seeds and tasks) and the smallest Last
+A − B (two-way bootstrap over seeds and tasks; for Last also the paired
+t-interval over seeds alone, the tasks held fixed) and the smallest Last
 difference the seeds can detect (stats.detectable_difference) are printed
 under the table.
 A table sits in RESULTS.md between `<!-- table:<table> -->` and
@@ -110,11 +111,14 @@ def render(table: str) -> str:
                        f'rows of {list(rows)}')
   if meta.get('diffs'):
     lines += ['', 'Paired differences (points; mean [95 % bootstrap CI over '
-              'seeds and tasks, from 3 seeds up]; the last column is the '
-              'smallest true Last difference these seeds detect with 80 % '
-              'power: docs/metrics.md, "Seeds and intervals"):', '',
-              '| A − B | Transfer | Avg | Last | BWT | seeds × tasks | '
-              'Last detectable |', '|---|---|---|---|---|---|---|']
+              'seeds and tasks, from 3 seeds up]; "Last, seeds only" is the '
+              'paired t-interval of the per-seed Last differences, the tasks '
+              'held fixed; the last column is the smallest true Last '
+              'difference these seeds detect with 80 % power: '
+              'docs/metrics.md, "Seeds and intervals"):', '',
+              '| A − B | Transfer | Avg | Last | BWT | Last, seeds only | '
+              'seeds × tasks | Last detectable |',
+              '|---|---|---|---|---|---|---|---|']
     lines += [_diff_line(rows, a, b) for a, b in meta['diffs']]
   return '\n'.join(lines)
 
@@ -133,9 +137,15 @@ def _diff_line(rows: dict, a: str, b: str) -> str:
                    f"{100 * x['ci'][1]:+.1f}]")
   last = d.get('last') or {}
   seeds = [s for s in rows[a] if s in rows[b]]
-  detectable = stats.detectable_difference(
-      [rows[a][s]['summary']['last'] - rows[b][s]['summary']['last']
-       for s in seeds])
+  seed_diffs = [rows[a][s]['summary']['last'] - rows[b][s]['summary']['last']
+                for s in seeds]
+  detectable = stats.detectable_difference(seed_diffs)
+  t = stats.describe(seed_diffs)
+  if t['ci'] is None:
+    cells.append('-')
+  else:
+    cells.append(f"{100 * t['mean']:+.1f} [{100 * t['ci'][0]:+.1f}, "
+                 f"{100 * t['ci'][1]:+.1f}]")
   return (f"| {a} − {b} | {' | '.join(cells)} | "
           f"{last.get('n_seeds', '-')} × {last.get('n_tasks', '-')} | "
           f"{'-' if detectable is None else f'{100 * detectable:.1f}'} |")

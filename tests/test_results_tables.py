@@ -8,6 +8,7 @@ import os
 import sys
 
 import numpy as np
+from scipy import stats as sp_stats
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'benchmarks'))
@@ -67,5 +68,11 @@ def test_paired_difference_line(tmp_path, monkeypatch):
   want = np.mean([lasts['a', s] - lasts['b', s] for s in (1, 2, 3, 4)])
   cells = [c.strip() for c in line.split('|')]
   assert cells[4].startswith(f'{100 * want:+.1f} [')
-  assert cells[6] == '4 × 3'
-  assert float(cells[7]) > 0
+  # The seeds-only paired t-interval, against scipy's one-sample t-test of
+  # the per-seed differences.
+  diffs = [lasts['a', s] - lasts['b', s] for s in (1, 2, 3, 4)]
+  ci = sp_stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+  assert cells[6] == (f'{100 * want:+.1f} [{100 * ci.low:+.1f}, '
+                      f'{100 * ci.high:+.1f}]')
+  assert cells[7] == '4 × 3'
+  assert float(cells[8]) > 0
