@@ -82,6 +82,13 @@ def grad_shares(results: dict) -> list[dict]:
   return out
 
 
+def _short(path):
+  if not path:
+    return path
+  parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+  return '/'.join(parts[-2:])
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('primed')
@@ -125,7 +132,10 @@ def main():
           f'{gs[1]} |')
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, 'w', encoding='utf-8') as f:
-    json.dump(dict(primed=args.primed, zscl=args.zscl, rows=rows), f,
+    # The runs by their last two path parts (seed_S/method): an absolute
+    # workdir means nothing on another machine.
+    json.dump(dict(primed=_short(args.primed), zscl=_short(args.zscl),
+                   rows=rows), f,
               indent=1)
   print(f'wrote {args.out}')
 
