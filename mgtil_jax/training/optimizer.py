@@ -42,6 +42,16 @@ def frozen_prefixes(spec: str) -> tuple[str, ...]:
                if p.strip().strip('/'))
 
 
+def _leaf_name(path) -> str:
+  """A parameter's path as config.train.frozen writes it: 'visual/block0'."""
+  return '/'.join(str(getattr(k, 'key', k)) for k in path)
+
+
+def _under(name: str, prefix: str) -> bool:
+  """Whether `prefix` is `name` or a whole-component prefix of it."""
+  return name == prefix or name.startswith(prefix + '/')
+
+
 def freeze_labels(abstract_params, prefixes, labels=None, *,
                   freeze_logit_scale: bool = True):
   """A full 'train' / 'frozen' label tree: `labels` (a method's own, else
@@ -52,10 +62,10 @@ def freeze_labels(abstract_params, prefixes, labels=None, *,
   if labels is None:
     labels = jax.tree.map(lambda _: 'train', abstract_params)
   def label(path, own):
-    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    name = _leaf_name(path)
     if freeze_logit_scale and name == 'logit_scale':
       return 'frozen'
-    if any(name == p or name.startswith(p + '/') for p in prefixes):
+    if any(_under(name, p) for p in prefixes):
       return 'frozen'
     return own
   return jax.tree_util.tree_map_with_path(label, labels)
@@ -63,10 +73,9 @@ def freeze_labels(abstract_params, prefixes, labels=None, *,
 
 def unmatched_prefixes(abstract_params, prefixes) -> list[str]:
   """The prefixes of config.train.frozen that name no parameter."""
-  names = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in
+  names = [_leaf_name(path) for path, _ in
            jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
-  return [p for p in prefixes
-          if not any(n == p or n.startswith(p + '/') for n in names)]
+  return [p for p in prefixes if not any(_under(n, p) for n in names)]
 
 
 def build_optimizer(exp: Experiment, steps: int):
