@@ -46,7 +46,8 @@ _VERBOSE = flags.DEFINE_bool(
     'ScaNN); by default only warnings, progress bars and results.')
 _SWEEP = flags.DEFINE_string(
     'sweep', None, 'FIELD=V1,V2,...: one run per value in workdir/<field>=<v>'
-    ' and sweep.{md,json} (e.g. method_kwargs.alpha=0.5,1,1.5).')
+    ' and sweep.{md,json} (e.g. method_kwargs.alpha=0.5,1,1.5); with '
+    '--seeds=N, N runs per value in workdir/<field>=<v>/seed_<s>/<method>.')
 _MULTIHOST = flags.DEFINE_bool('multihost', False,
                                'Call jax.distributed.initialize() first.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
@@ -86,7 +87,7 @@ def main(config):
                            f'{seeds!r}')
   if _SWEEP.value:
     from mgtil_jax.entry import sweep  # pylint: disable=g-import-not-at-top
-    sweep.sweep(config, _WORKDIR.value, _SWEEP.value)
+    sweep.sweep(config, _WORKDIR.value, _SWEEP.value, seeds)
   elif _COMPARE.value or seeds != 1:  # exits 1 if any run failed
     return compare.main(config, _WORKDIR.value, _COMPARE.value, seeds)
   else:

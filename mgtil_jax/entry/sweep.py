@@ -19,6 +19,7 @@ import os
 
 from mgtil_jax.entry import compare
 from mgtil_jax.core import hosts
+from mgtil_jax.reporting import comparison
 from mgtil_jax.reporting import outputs
 
 
@@ -57,38 +58,74 @@ def _set(config, field: str, value):
   node[last] = value
 
 
-def sweep(config, workdir: str, spec: str) -> dict:
-  from mgtil_jax import entry  # pylint: disable=g-import-not-at-top
+def sweep(config, workdir: str, spec: str, seeds: int | None = None) -> dict:
+  """One run per value in workdir/<field>=<value>; with `seeds` > 1 (or
+  config.seeds), one per value and seed in workdir/<field>=<value>/
+  seed_<s>/<method>, as --compare lays them out, and each value's row is
+  its mean ± std and interval over the seeds with its paired difference
+  against the first value (docs/metrics.md, "Seeds and intervals")."""
   field, values = parse_sweep(spec, config)
+  seed_values = compare.seed_list(config, seeds)
   os.makedirs(workdir, exist_ok=True)
-  rows = {}
+  rows, runs = {}, {}
   for value in values:
     name = f'{field.split(".")[-1]}={value}'
-    out = os.path.join(workdir, name)
-    # Process 0 decides for all (hosts.py), as compare does.
-    done = hosts.lead_exists(os.path.join(out, 'results.json'),
-                             'sweep_finished')
-    results = compare._load(os.path.join(out, 'results.json')) if done else None  # pylint: disable=protected-access
-    if results is None:
-      cfg = config.copy_and_resolve_references()
-      _set(cfg, field, value)
-      cfg.cache_dir = cfg.cache_dir or os.path.join(os.path.abspath(workdir),
-                                                    'cache')
-      print(f'\n=== {field} = {value} ===')
-      results = entry.run(cfg, out)  # validated, then run
-    rows[name] = {'value': value, 'summary': results['summary'],
-                  'wall_time_s': results.get('wall_time_s'),
-                  'last_row': results['accuracy_matrix'][-1]}
+    cfg = config.copy_and_resolve_references()
+    _set(cfg, field, value)
+    cfg.cache_dir = cfg.cache_dir or os.path.join(os.path.abspath(workdir),
+                                                  'cache')
+    print(f'\n=== {field} = {value} ===')
+    if len(seed_values) == 1:
+      results = _one_seed(cfg, os.path.join(workdir, name))
+      rows[name] = {'value': value, 'summary': results['summary'],
+                    'wall_time_s': results.get('wall_time_s'),
+                    'last_row': results['accuracy_matrix'][-1]}
+    else:
+      runs[name] = _seeds(cfg, os.path.join(workdir, name), seed_values)
+      results = next(iter(runs[name].values()))
+      first = next(iter(runs))
+      rows[name] = dict(comparison.aggregate(runs[name]), value=value,
+                        diff={} if name == first else {
+                            first: comparison.paired_diffs(runs[name],
+                                                           runs[first])})
     table = {'benchmark': config.data.name, 'method': config.method,
              'field': field, 'tasks': [t['name'] for t in results['tasks']],
-             'methods': rows}
+             'seeds': seed_values, 'methods': rows}
     write(workdir, table)
   print('\n' + format_table(table))
   return table
 
 
+def _one_seed(cfg, out: str) -> dict:
+  """The value's run in `out` (the layout of a one-seed sweep)."""
+  from mgtil_jax import entry  # pylint: disable=g-import-not-at-top
+  # Process 0 decides for all (hosts.py), as compare does.
+  done = hosts.lead_exists(os.path.join(out, 'results.json'),
+                           'sweep_finished')
+  results = compare._load(os.path.join(out, 'results.json')) if done else None  # pylint: disable=protected-access
+  if results is None:
+    results = entry.run(cfg, out)  # validated, then run
+  return results
+
+
+def _seeds(cfg, out: str, seed_values) -> dict:
+  """{seed: results.json} of the value's runs in out/seed_<s>/<method>; a
+  finished run with the same config is reused, one with another refused
+  (compare._run_one)."""
+  found = {}
+  for seed in seed_values:
+    run = cfg.copy_and_resolve_references()
+    run.seed = seed
+    print(f'--- seed {seed} ---')
+    base = os.path.join(out, f'seed_{seed}')
+    os.makedirs(base, exist_ok=True)
+    found[seed] = compare._run_one(run, os.path.join(base, cfg.method))  # pylint: disable=protected-access
+  return found
+
+
 def format_table(table: dict) -> str:
-  lines = compare.format_table(table).splitlines()
+  first = next(iter(table['methods']), None)
+  lines = comparison.format_table(table, references=(first,)).splitlines()
   lines[0] = (f"Sweep of {table['field']} for method '{table['method']}' on "
               f"{table['benchmark']} ({len(table['tasks'])} tasks); accuracy "
               'in %')

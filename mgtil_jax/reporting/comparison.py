@@ -90,7 +90,9 @@ def _paper_cell(name):
   return ' / '.join('-' if v is None else f'{v:.1f}' for v in ref)
 
 
-def format_table(table: dict) -> str:
+def format_table(table: dict, references=REFERENCES) -> str:
+  """The Markdown table; paired differences against each row named in
+  `references` that the rows carry (`row['diff']`)."""
   n = len(table.get('seeds', [None]))
   lines = [f"Comparison on {table['benchmark']} ({len(table['tasks'])} "
            f'tasks, {n} seed{"s" if n > 1 else ""}: '
@@ -119,15 +121,15 @@ def format_table(table: dict) -> str:
             '(Transfer / Avg / Last): a different benchmark (real images, '
             'BiomedCLIP, 1000 steps per task), shown for the regime only; '
             'it is not comparable to the columns on the left.']
-  diffs = _format_diffs(table)
+  diffs = _format_diffs(table, references)
   if diffs:
     lines += ['', diffs]
   return '\n'.join(lines)
 
 
-def _format_diffs(table: dict) -> str:
+def _format_diffs(table: dict, references) -> str:
   lines = []
-  for ref in REFERENCES:
+  for ref in references:
     rows = [(n, r['diff'][ref]) for n, r in table['methods'].items()
             if ref in r.get('diff', {}) and r['diff'][ref]]
     if not rows:
