@@ -584,16 +584,17 @@ REGIMES = {
     # new_site's tasks, a corpus whose figures come from many sites.
     'many_sites': Regime(shift=1.0, optics=0.0, subtle_fraction=0.1,
                          corpus_sites=1.0),
-    # The default (configs/mgtil_synth.py): many_sites with the
-    # literature's uneven knowledge of the findings: partial coverage, noisy
-    # captions and more distractors. At 500 steps per task: zero-shot 52.1,
-    # single-task 89.2, joint 86.7, ft Last 39.5 / BWT -52.7
-    # (benchmarks/RESULTS.md, "The MGTIL regime").
+    # The previous default: many_sites with the literature's uneven
+    # knowledge of the findings: partial coverage, noisy captions and more
+    # distractors. At 500 steps per task: zero-shot 52.1, single-task 89.2,
+    # joint 86.7, ft Last 39.5 / BWT -52.7, below zero-shot
+    # (benchmarks/RESULTS.md section 1).
     'mgtil': Regime(shift=1.0, optics=0.0, subtle_fraction=0.1,
                     corpus_sites=1.0, coverage=(1.0, 0.6, 0.3),
                     uninformative=0.1, mislabelled=0.05, distractors=0.25),
-    # Opt-in candidate for a start with features but weak prompts (issue
-    # 23.2): mgtil's tasks and noisy captions, a literature that shows every
+    # The default (configs/mgtil_synth.py, with 360 corpus pairs per
+    # finding): a start with features but weak prompts (issue 23.2):
+    # mgtil's tasks and noisy captions, a literature that shows every
     # finding fully but names it by its literature term (`SYNONYMS`) for all,
     # 70 % and 40 % of a task's findings by rank (benchmarks/RESULTS.md
     # section 1).
