@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from configs import mgtil_synth
 from mgtil_jax.entry import sweep
@@ -18,6 +19,7 @@ def _results(path):
     return json.load(f)
 
 
+@pytest.mark.slow  # four runlocal runs, ~2.5 min on 2 busy cores
 def test_sweep_over_seeds_pairs_each_value_with_the_first(tmp_path):
   config = mgtil_synth.get_config('runlocal,tasks=2,method=ft')
   config.cache_dir = str(tmp_path / 'cache')
