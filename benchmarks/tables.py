@@ -8,6 +8,9 @@ Layout: benchmarks/results/<table>/table.json says the table's title, the
 command that made its runs and the commit they ran at; each row is a folder
 <table>/<row>/ holding one seed_<s>.json.gz per seed: a run's results.json,
 gzipped, with its train curves dropped (they stay in the run's workdir).
+table.json may give `paper`, {row: [Transfer, Avg, Last]} of the paper's
+own figures for that row, and `paper_source`, where they are printed from:
+the table then ends with a column of them, side by side with the runs.
 table.json may list `diffs`, pairs [A, B] of rows: their paired differences
 A − B (two-way bootstrap over seeds and tasks; for Last also the paired
 t-interval over seeds alone, the tasks held fixed) and the smallest Last
@@ -87,13 +90,16 @@ def render(table: str) -> str:
   """The Markdown of one table: command and commit, then one line per row
   (mean ± std over seeds, and the 95 % t-interval from 3 seeds up)."""
   meta, rows = load_table(table)
+  paper = meta.get('paper')
   lines = [f"**{meta['title']}**", '',
            f"Command: `{meta['command']}`; commit `{meta['commit']}`. "
            'Accuracy in %, mean ± std over seeds [95 % t-interval of the '
-           f'mean, from {stats.MIN_SEEDS} seeds up].', '',
+           f'mean, from {stats.MIN_SEEDS} seeds up].' +
+           (f" Paper: {meta['paper_source']}." if paper else ''), '',
            '| row | seeds | ' + ' | '.join(l for _, l in METRICS) +
-           ' | time (s) |',
-           '|---|---|' + '---|' * len(METRICS) + '---|']
+           ' | time (s) |' + (' paper Transfer / Avg / Last |' if paper else ''),
+           '|---|---|' + '---|' * len(METRICS) + '---|' +
+           ('---|' if paper else '')]
   for name, runs in rows.items():
     agg = comparison.aggregate(runs)
     zs = stats.describe([r['summary'].get('zero_shot_mean')
@@ -104,7 +110,8 @@ def render(table: str) -> str:
     wall = agg.get('wall_time_s')
     lines.append(f"| {name} | {len(runs)} | " +
                  ' | '.join(_cell(agg, k) for k, _ in METRICS) +
-                 f" | {'-' if wall is None else f'{wall:.0f}'} |")
+                 f" | {'-' if wall is None else f'{wall:.0f}'} |" +
+                 (f' {_paper_cell(paper.get(name))} |' if paper else ''))
   for a, b in meta.get('diffs', []):
     if a == b or a not in rows or b not in rows:
       raise SystemExit(f'{table}/table.json: diffs: {a!r} - {b!r} needs two '
@@ -121,6 +128,12 @@ def render(table: str) -> str:
               '|---|---|---|---|---|---|---|---|']
     lines += [_diff_line(rows, a, b) for a, b in meta['diffs']]
   return '\n'.join(lines)
+
+
+def _paper_cell(figures) -> str:
+  if not figures:
+    return '-'
+  return ' / '.join(f'{x:.1f}' for x in figures)
 
 
 def _diff_line(rows: dict, a: str, b: str) -> str:

@@ -80,3 +80,23 @@ def test_paired_difference_line(tmp_path, monkeypatch):
                       f'{100 * ci.high:+.1f}]')
   assert cells[7] == '4 × 3'
   assert float(cells[8]) > 0
+
+
+def test_paper_column_prints_the_table_json_figures(tmp_path, monkeypatch):
+  # Reference: the figures written into table.json by hand here, printed
+  # beside the measured row (a row without figures gets '-').
+  monkeypatch.setattr(tables, 'RESULTS_DIR', str(tmp_path))
+  for row in ('a', 'b'):
+    tables.save_run({'config': {'seed': 1}, 'accuracy_matrix': [[0.5]],
+                     'summary': {'last': 0.5}}, 't', row)
+  with open(tmp_path / 't' / 'table.json', 'w') as f:
+    json.dump({'title': 'T', 'command': 'c', 'commit': 'x',
+               'rows': ['a', 'b'], 'paper': {'a': [57.2, 72.9, 81.8]},
+               'paper_source': 'Table 4'}, f)
+  text = tables.render('t')
+  assert 'Paper: Table 4.' in text
+  line_a = next(l for l in text.splitlines() if l.startswith('| a |'))
+  line_b = next(l for l in text.splitlines() if l.startswith('| b |'))
+  assert line_a.rstrip(' |').endswith('57.2 / 72.9 / 81.8')
+  assert line_b.rstrip(' |').endswith('-')
+  assert line_a.count('|') == text.splitlines()[4].count('|')
