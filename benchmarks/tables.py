@@ -9,7 +9,7 @@ command that made its runs and the commit they ran at; each row is a folder
 <table>/<row>/ holding one seed_<s>.json.gz per seed: a run's results.json,
 gzipped, with its train curves dropped (they stay in the run's workdir).
 table.json may give `paper`, {row: [Transfer, Avg, Last]} of the paper's
-own figures for that row, and `paper_source`, where they are printed from:
+own figures for that row (null where it gives none), and `paper_source`, where they are printed from:
 the table then ends with a column of them, side by side with the runs.
 table.json may list `diffs`, pairs [A, B] of rows: their paired differences
 A − B (two-way bootstrap over seeds and tasks; for Last also the paired
@@ -111,7 +111,7 @@ def render(table: str) -> str:
     lines.append(f"| {name} | {len(runs)} | " +
                  ' | '.join(_cell(agg, k) for k, _ in METRICS) +
                  f" | {'-' if wall is None else f'{wall:.0f}'} |" +
-                 (f' {_paper_cell(paper.get(name))} |' if paper else ''))
+                 (f' {comparison.paper_figures(paper.get(name))} |' if paper else ''))
   for a, b in meta.get('diffs', []):
     if a == b or a not in rows or b not in rows:
       raise SystemExit(f'{table}/table.json: diffs: {a!r} - {b!r} needs two '
@@ -128,12 +128,6 @@ def render(table: str) -> str:
               '|---|---|---|---|---|---|---|---|']
     lines += [_diff_line(rows, a, b) for a, b in meta['diffs']]
   return '\n'.join(lines)
-
-
-def _paper_cell(figures) -> str:
-  if not figures:
-    return '-'
-  return ' / '.join(f'{x:.1f}' for x in figures)
 
 
 def _diff_line(rows: dict, a: str, b: str) -> str:
