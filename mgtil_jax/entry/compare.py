@@ -118,6 +118,16 @@ def _run_one(config, out: str) -> dict:
   return entry.run(config, out)  # validated, then run
 
 
+def run_seed(config, base: str, name: str, seed: int, cache: str) -> dict:
+  """Method `name` at `seed` in base/<name> (the layout of --compare and
+  of a --sweep over seeds), reused or refused as _run_one says."""
+  cfg = config.copy_and_resolve_references()
+  cfg.method = name
+  cfg.seed = seed
+  cfg.cache_dir = cache
+  return _run_one(cfg, os.path.join(base, name))
+
+
 def _error_line(e: BaseException) -> str:
   lines = [l for l in traceback.format_exception_only(type(e), e)
            if l.strip()]
@@ -137,14 +147,9 @@ def compare(config, workdir: str, names, seeds: int | None = None) -> dict:
             else os.path.join(workdir, f'seed_{seed}'))
     os.makedirs(base, exist_ok=True)
     for name in names:
-      cfg = config.copy_and_resolve_references()
-      cfg.method = name
-      cfg.seed = seed
-      cfg.cache_dir = cache
-      out = os.path.join(base, name)
       print(f'\n=== {name} (seed {seed}) ===')
       try:
-        res = _run_one(cfg, out)
+        res = run_seed(config, base, name, seed, cache)
       except hosts.OutOfStepError:
         raise  # the processes parted: nothing later can run in step
       except Exception as e:  # pylint: disable=broad-except

@@ -111,15 +111,13 @@ def _one_seed(cfg, out: str) -> dict:
 def _seeds(cfg, out: str, seed_values) -> dict:
   """{seed: results.json} of the value's runs in out/seed_<s>/<method>; a
   finished run with the same config is reused, one with another refused
-  (compare._run_one)."""
+  (compare.run_seed)."""
   found = {}
   for seed in seed_values:
-    run = cfg.copy_and_resolve_references()
-    run.seed = seed
     print(f'--- seed {seed} ---')
     base = os.path.join(out, f'seed_{seed}')
     os.makedirs(base, exist_ok=True)
-    found[seed] = compare._run_one(run, os.path.join(base, cfg.method))  # pylint: disable=protected-access
+    found[seed] = compare.run_seed(cfg, base, cfg.method, seed, cfg.cache_dir)
   return found
 
 
