@@ -9,8 +9,9 @@ command that made its runs and the commit they ran at; each row is a folder
 <table>/<row>/ holding one seed_<s>.json.gz per seed: a run's results.json,
 gzipped, with its train curves dropped (they stay in the run's workdir).
 table.json may give `paper`, {row: [Transfer, Avg, Last]} of the paper's
-own figures for that row (null where it gives none), and `paper_source`, where they are printed from:
-the table then ends with a column of them, side by side with the runs.
+own figures for that row (null where it gives none), and `paper_source`,
+where they are quoted from: the table then ends with a column of them,
+side by side with the runs.
 table.json may list `diffs`, pairs [A, B] of rows: their paired differences
 A − B (two-way bootstrap over seeds and tasks; for Last also the paired
 t-interval over seeds alone, the tasks held fixed) and the smallest Last
@@ -97,7 +98,8 @@ def render(table: str) -> str:
            f'mean, from {stats.MIN_SEEDS} seeds up].' +
            (f" Paper: {meta['paper_source']}." if paper else ''), '',
            '| row | seeds | ' + ' | '.join(l for _, l in METRICS) +
-           ' | time (s) |' + (' paper Transfer / Avg / Last |' if paper else ''),
+           ' | time (s) |' +
+           (' paper Transfer / Avg / Last |' if paper else ''),
            '|---|---|' + '---|' * len(METRICS) + '---|' +
            ('---|' if paper else '')]
   for name, runs in rows.items():
@@ -111,7 +113,8 @@ def render(table: str) -> str:
     lines.append(f"| {name} | {len(runs)} | " +
                  ' | '.join(_cell(agg, k) for k, _ in METRICS) +
                  f" | {'-' if wall is None else f'{wall:.0f}'} |" +
-                 (f' {comparison.paper_figures(paper.get(name))} |' if paper else ''))
+                 (f' {comparison.paper_figures(paper.get(name))} |'
+                  if paper else ''))
   for a, b in meta.get('diffs', []):
     if a == b or a not in rows or b not in rows:
       raise SystemExit(f'{table}/table.json: diffs: {a!r} - {b!r} needs two '
